@@ -1,0 +1,17 @@
+"""instant3d: text -> 3D in one forward pass (a reproduction of Instant3D, arXiv 2311.08403)."""
+
+from .checkpoint import CheckpointError
+from .config import Instant3DConfig, preset_config
+from .pipeline import Instant3DOutput, Instant3DPipeline
+from .text_encoder import PromptError, PromptTruncatedWarning, TextEncoderError
+
+__all__ = [
+    "CheckpointError",
+    "Instant3DConfig",
+    "Instant3DOutput",
+    "Instant3DPipeline",
+    "PromptError",
+    "PromptTruncatedWarning",
+    "TextEncoderError",
+    "preset_config",
+]

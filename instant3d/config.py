@@ -1,0 +1,253 @@
+"""One configuration object that fully describes a model, saved beside its weights as config.json.
+
+Presets:
+- ``paper``: the official Instant3D code's shapes (77x1024 tokens, 4x4x512 base tensor, decoder channels
+  320/320/160/80/80/40 with cross-attention at 4/8/16/32, 3x32x256^2 triplane, MLP 32->64->4).
+- ``small``: the CPU default, sized for the budgets in DESIGN.md section 5 (prompt -> triplane <= 30 ms).
+- ``tiny``: for tests (builds and runs in milliseconds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot describe a model (unknown key, wrong type, inconsistent sizes)."""
+
+
+@dataclass
+class TextConfig:
+    """What the generator expects from the text encoder; checked against the encoder at load time."""
+
+    num_tokens: int = 77  # the tokenizer's max length; prompts are padded to it, as Stable Diffusion does
+    token_dim: int = 1024  # hidden size of the text model (last_hidden_state width)
+    pooled_dim: int = 1024  # width of the pooled (end-of-text) embedding
+
+
+@dataclass
+class GeneratorConfig:
+    """Token-to-plane transform, mapping network and triplane decoder (paper notes section 1.2-1.4)."""
+
+    token_proj_dim: int = 192  # Linear D -> this before the token transformer
+    token_heads: int = 8  # heads of the GigaGAN-style token transformer layer
+    base_channels: int = 512  # channels of the base tensor
+    base_resolution: int = 4  # base tensor is base_channels x base_resolution^2
+    z_dim: int = 768  # style noise width
+    style_dim: int = 320  # mapping network output (drives every adaptive group norm)
+    block_out_channels: tuple[int, ...] = (320, 320, 160, 80, 80, 40)  # one decoder stage each, x2 upsampling
+    cross_attention: tuple[bool, ...] = (False, True, True, True, False, False)
+    norm_groups: tuple[int, ...] = (8, 8, 8, 8, 4, 2)
+    layers_per_block: int = 13  # res-blocks per stage (the official code's 12 + 1)
+    mid_cross_attention: bool = True  # mid block = resnet, cross-attention, resnet at the base resolution
+    attention_head_dim: int = 16
+    triplane_channels: int = 32  # channels per plane
+
+    @property
+    def triplane_resolution(self) -> int:
+        return self.base_resolution * 2 ** len(self.block_out_channels)
+
+
+@dataclass
+class FieldConfig:
+    """Triplane sampling, the MLP and the activations of density and albedo."""
+
+    aggregation: str = "mean"  # "mean" (official code) or "concat" (paper text)
+    hidden_dims: tuple[int, ...] = (64,)
+    bound: float = 1.0  # the object lives in [-bound, bound]^3
+    blob_density: float = 10.0  # density blob g(x) = blob_density * (1 - |x| / blob_radius)
+    blob_radius: float = 0.6
+    density_shift: float = 1.0  # sigma = softplus(raw + blob - shift)
+    albedo_alpha: float = 1.0  # scaled-sigmoid alpha used at inference (1 = plain sigmoid)
+
+
+@dataclass
+class RenderConfig:
+    """Defaults of the renderer and of the preview camera."""
+
+    num_samples: int = 64  # stratified samples per ray (full renderer)
+    num_importance: int = 64  # importance samples per ray (full renderer)
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    camera_radius: float = 3.2
+    fov_deg: float = 40.0
+    preview_grid: int = 96  # resolution of the baked grid of the fast preview
+    preview_step: float = 1.0  # preview ray-march step in grid voxels
+    preview_occupancy: float = 0.1  # density (per world unit) below which the preview skips a voxel
+
+
+@dataclass
+class Instant3DConfig:
+    preset: str = "custom"
+    text: TextConfig = dataclasses.field(default_factory=TextConfig)
+    generator: GeneratorConfig = dataclasses.field(default_factory=GeneratorConfig)
+    field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
+    render: RenderConfig = dataclasses.field(default_factory=RenderConfig)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        g, f = self.generator, self.field
+        n = len(g.block_out_channels)
+        if not (len(g.cross_attention) == len(g.norm_groups) == n) or n == 0:
+            raise ConfigError(
+                "generator.block_out_channels, cross_attention and norm_groups must have the same, non-zero "
+                f"length (got {n}, {len(g.cross_attention)}, {len(g.norm_groups)})"
+            )
+        first = g.block_out_channels[0]
+        for name, ch, groups in [("mid", first, g.norm_groups[0])] + list(
+            zip(map(str, range(n)), g.block_out_channels, g.norm_groups)
+        ):
+            if ch % groups:
+                raise ConfigError(f"decoder stage {name}: {ch} channels are not divisible by {groups} norm groups")
+        for ch, att in zip(g.block_out_channels, g.cross_attention):
+            if att and ch % g.attention_head_dim:
+                raise ConfigError(f"{ch} channels are not divisible by attention_head_dim {g.attention_head_dim}")
+        if g.token_proj_dim % g.token_heads:
+            raise ConfigError(f"token_proj_dim {g.token_proj_dim} is not divisible by token_heads {g.token_heads}")
+        if not f.hidden_dims:
+            raise ConfigError("field.hidden_dims must name at least one hidden layer")
+        if f.aggregation not in ("mean", "concat"):
+            raise ConfigError(f"field.aggregation must be 'mean' or 'concat', got {f.aggregation!r}")
+        if not 0 < f.albedo_alpha <= 1:
+            raise ConfigError(f"field.albedo_alpha must be in (0, 1], got {f.albedo_alpha}")
+        if f.bound <= 0:
+            raise ConfigError(f"field.bound must be positive, got {f.bound}")
+        if self.text.num_tokens < 1 or self.text.token_dim < 1:
+            raise ConfigError("text.num_tokens and text.token_dim must be positive")
+
+    # -- serialisation -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Instant3DConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"a model configuration must be a JSON object, got {type(data).__name__}")
+        sections = {"text": TextConfig, "generator": GeneratorConfig, "field": FieldConfig, "render": RenderConfig}
+        unknown = set(data) - set(sections) - {"preset"}
+        if unknown:
+            raise ConfigError(f"unknown configuration keys: {sorted(unknown)}")
+        kwargs: dict[str, Any] = {"preset": str(data.get("preset", "custom"))}
+        for name, section_cls in sections.items():
+            kwargs[name] = _section_from_dict(section_cls, data.get(name, {}), name)
+        return cls(**kwargs)
+
+
+def _section_from_dict(section_cls, data: Any, name: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"configuration section {name!r} must be an object")
+    fields = {f.name: f for f in dataclasses.fields(section_cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ConfigError(f"unknown keys in configuration section {name!r}: {sorted(unknown)}")
+    defaults = section_cls()
+    values = {}
+    for key, value in data.items():
+        default = getattr(defaults, key)
+        if isinstance(default, tuple):
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"{name}.{key} must be a list, got {value!r}")
+            value = tuple(value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name}.{key} must be true or false, got {value!r}")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name}.{key} must be an integer, got {value!r}")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{name}.{key} must be a number, got {value!r}")
+            value = float(value)
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise ConfigError(f"{name}.{key} must be a string, got {value!r}")
+        values[key] = value
+    return section_cls(**values)
+
+
+# -- presets -----------------------------------------------------------------------------------------
+def paper_config() -> Instant3DConfig:
+    """The official code's shapes: SD 2.1 text tokens (77 x 1024) and a ~270 M-parameter decoder."""
+    return Instant3DConfig(
+        preset="paper",
+        text=TextConfig(num_tokens=77, token_dim=1024, pooled_dim=1024),
+        generator=GeneratorConfig(),
+        field=FieldConfig(aggregation="mean", hidden_dims=(64,), bound=1.75),
+        render=RenderConfig(camera_radius=4.29, fov_deg=45.0),
+    )
+
+
+def small_config(num_tokens: int = 32, token_dim: int = 128, pooled_dim: int | None = None) -> Instant3DConfig:
+    """CPU default: a 3 x 16 x 64^2 triplane from a ~2 M-parameter decoder, MLP 16 -> 32 -> 4.
+
+    Sized by DESIGN.md section 5 (prompt -> triplane <= 30 ms on 2 cores) and cpu-feasibility.md section 2
+    (render cost scales with feature width x MLP width; plane resolution matters little to it).
+    """
+    return Instant3DConfig(
+        preset="small",
+        text=TextConfig(num_tokens=num_tokens, token_dim=token_dim, pooled_dim=pooled_dim or token_dim),
+        generator=GeneratorConfig(
+            token_proj_dim=64,
+            token_heads=4,
+            base_channels=128,
+            base_resolution=4,
+            z_dim=64,
+            style_dim=128,
+            block_out_channels=(128, 64, 32, 16),
+            cross_attention=(True, True, False, False),
+            norm_groups=(8, 8, 8, 4),
+            layers_per_block=1,
+            mid_cross_attention=True,
+            attention_head_dim=16,
+            triplane_channels=16,
+        ),
+        field=FieldConfig(aggregation="mean", hidden_dims=(32,)),
+        render=RenderConfig(num_samples=64, num_importance=64),
+    )
+
+
+def tiny_config(num_tokens: int = 16, token_dim: int = 32, pooled_dim: int | None = None) -> Instant3DConfig:
+    """For tests: builds in milliseconds, still exercises every block type."""
+    return Instant3DConfig(
+        preset="tiny",
+        text=TextConfig(num_tokens=num_tokens, token_dim=token_dim, pooled_dim=pooled_dim or token_dim),
+        generator=GeneratorConfig(
+            token_proj_dim=16,
+            token_heads=2,
+            base_channels=16,
+            base_resolution=4,
+            z_dim=8,
+            style_dim=16,
+            block_out_channels=(16, 8),
+            cross_attention=(True, False),
+            norm_groups=(4, 2),
+            layers_per_block=1,
+            mid_cross_attention=True,
+            attention_head_dim=8,
+            triplane_channels=8,
+        ),
+        field=FieldConfig(aggregation="mean", hidden_dims=(16,)),
+        render=RenderConfig(num_samples=16, num_importance=16, preview_grid=32),
+    )
+
+
+PRESETS = {"paper": paper_config, "small": small_config, "tiny": tiny_config}
+
+
+def preset_config(name: str, **text_shape: int) -> Instant3DConfig:
+    """A preset by name; ``text_shape`` (num_tokens, token_dim, pooled_dim) adapts it to a text encoder."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    if name == "paper":
+        cfg = paper_config()
+        for key, value in text_shape.items():
+            if value is not None:
+                setattr(cfg.text, key, value)
+        return cfg
+    return PRESETS[name](**text_shape)

@@ -1,0 +1,257 @@
+"""The public API: ``Instant3DPipeline.from_pretrained(path)(prompt, seed)`` -> ``Instant3DOutput``."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cameras import orbit_cameras
+from .checkpoint import CheckpointError, load_model, text_encoder_folder
+from .config import Instant3DConfig
+from .model import Instant3DModel
+from .preview import BakedVolume
+from .renderer import render_views, to_uint8
+from .text_encoder import TextEncoder, clean_prompt
+from .video import write_mp4
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+CHECKPOINTS = ASSETS / "checkpoints"
+DEFAULT_POINTER = CHECKPOINTS / "DEFAULT"  # a text file naming the default checkpoint's folder
+MAX_SEED = 2**32 - 1
+MAX_RENDER_SIZE = 1024
+MAX_FRAMES = 720
+
+
+def default_checkpoint() -> Path:
+    """The bundled default checkpoint folder, or a CheckpointError saying why there is none."""
+    if not DEFAULT_POINTER.is_file():
+        raise CheckpointError(
+            f"no bundled default checkpoint: {DEFAULT_POINTER} does not exist. The default is trained by the "
+            "toy-world recipe (see README); until it is there, pass a checkpoint folder: "
+            "Instant3DPipeline.from_pretrained('path/to/checkpoint')"
+        )
+    folder = CHECKPOINTS / DEFAULT_POINTER.read_text().strip()
+    if not folder.is_dir():
+        raise CheckpointError(f"{DEFAULT_POINTER} names {folder.name!r}, but {folder} does not exist")
+    return folder
+
+
+def check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        if isinstance(seed, float) and seed.is_integer():
+            seed = int(seed)
+        else:
+            raise ValueError(f"the seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
+    if not 0 <= int(seed) <= MAX_SEED:
+        raise ValueError(f"the seed must be from 0 to {MAX_SEED}, got {seed}")
+    return int(seed)
+
+
+def style_noise(seed: int, z_dim: int) -> torch.Tensor:
+    """The style noise z for a seed: drawn on the CPU so that every device gets the same z."""
+    return torch.randn(1, z_dim, generator=torch.Generator().manual_seed(seed))
+
+
+class ResultCache:
+    """Recent results by (prompt, seed), bounded by count and by bytes (a result's size grows once baked)."""
+
+    def __init__(self, max_items: int = 32, max_bytes: int = 512 * 2**20):
+        self.max_items, self.max_bytes = max_items, max_bytes
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        return None
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            self._evict()
+
+    def trim(self) -> None:
+        with self._lock:
+            self._evict()
+
+    def _evict(self) -> None:
+        while len(self._items) > self.max_items or (len(self._items) > 1 and self.nbytes() > self.max_bytes):
+            self._items.popitem(last=False)
+
+    def nbytes(self) -> int:
+        return sum(v.nbytes() for v in self._items.values())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+class Instant3DOutput:
+    """One generated object: its triplane, and views, videos and field queries of it."""
+
+    def __init__(self, prompt, seed, triplane, model: Instant3DModel, notes, timings, cache: ResultCache | None):
+        self.prompt, self.seed = prompt, seed
+        self.triplane = triplane  # (1, 3, C, R, R)
+        self.field = model.field
+        self.render_config = model.config.render
+        self.notes = notes  # messages for the user (e.g. the prompt was truncated)
+        self.timings = timings  # seconds per stage
+        self._baked: BakedVolume | None = None
+        self._lock = threading.Lock()
+        self._cache = cache
+
+    # -- field queries -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def query(self, points, chunk: int = 2**18):
+        """(density (N,), albedo (N, 3)) at world points (N, 3), on the pipeline's device."""
+        points = torch.as_tensor(points, dtype=torch.float32, device=self.triplane.device)
+        if points.dim() != 2 or points.shape[-1] != 3:
+            raise ValueError(f"points must have shape (N, 3), got {tuple(points.shape)}")
+        parts = [self.field(self.triplane, points[None, i : i + chunk]) for i in range(0, points.shape[0], chunk)]
+        if not parts:
+            return points.new_zeros(0), points.new_zeros(0, 3)
+        return torch.cat([p[0][0] for p in parts]), torch.cat([p[1][0] for p in parts])
+
+    def density(self, points) -> torch.Tensor:
+        return self.query(points)[0]
+
+    def albedo(self, points) -> torch.Tensor:
+        return self.query(points)[1]
+
+    # -- views -----------------------------------------------------------------------------------------
+    @property
+    def baked(self) -> BakedVolume:
+        """The fast-preview grid, baked on first use (thread-safe) and reused by every view."""
+        with self._lock:
+            if self._baked is None:
+                start = time.perf_counter()
+                cfg = self.render_config
+                self._baked = BakedVolume.from_field(
+                    self.field, self.triplane, cfg.preview_grid, occupancy_threshold=cfg.preview_occupancy
+                )
+                self.timings["bake"] = time.perf_counter() - start
+        if self._cache is not None:
+            self._cache.trim()  # this result just grew by the baked grid
+        return self._baked
+
+    def _cameras(self, azimuth, elevation):
+        el = torch.as_tensor(elevation, dtype=torch.float32)
+        if not bool(torch.all(el.abs() <= 90)):
+            raise ValueError(f"elevation must be between -90 and 90 degrees, got {elevation}")
+        cfg = self.render_config
+        return orbit_cameras(azimuth, elevation, cfg.camera_radius, cfg.fov_deg, device=self.triplane.device)
+
+    @staticmethod
+    def _check_size(size: int) -> int:
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 16 <= size <= MAX_RENDER_SIZE:
+            raise ValueError(f"size must be a whole number of pixels from 16 to {MAX_RENDER_SIZE}, got {size!r}")
+        return int(size)
+
+    def render(self, azimuth: float = 0.0, elevation: float = 15.0, size: int = 256, quality: str = "fast",
+               background=None) -> np.ndarray:
+        """One view as an (H, W, 3) uint8 array. ``quality``: "fast" (baked preview) or "full" (reference)."""
+        return self.render_many([azimuth], [elevation], size, quality, background)[0]
+
+    def render_many(self, azimuths, elevations, size=256, quality="fast", background=None) -> list[np.ndarray]:
+        size = self._check_size(size)
+        cameras = self._cameras(azimuths, elevations)
+        bg = self.render_config.background if background is None else background
+        if quality == "fast":
+            images = self.baked.render(cameras, size, background=bg, step=self.render_config.preview_step)
+        elif quality == "full":
+            cfg = self.render_config
+            images = render_views(
+                self.field, self.triplane, cameras, size, background=bg,
+                num_samples=cfg.num_samples, num_importance=cfg.num_importance,
+            ).color
+        else:
+            raise ValueError(f"quality must be 'fast' or 'full', got {quality!r}")
+        return [to_uint8(img) for img in images]
+
+    def orbit_frames(self, frames: int = 48, size: int = 256, elevation: float = 15.0, quality="fast"):
+        """``frames`` views evenly spaced over a full turn, starting at the front (azimuth 0)."""
+        if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or not 1 <= frames <= MAX_FRAMES:
+            raise ValueError(f"frames must be a whole number from 1 to {MAX_FRAMES}, got {frames!r}")
+        azimuths = [360.0 * i / frames for i in range(frames)]
+        return [f for az in azimuths for f in self.render_many([az], [elevation], size, quality)]
+
+    def orbit_video(self, path, frames: int = 48, size: int = 256, elevation: float = 15.0, fps: int = 24) -> Path:
+        """An H.264 MP4 orbit of the object (written atomically); returns its path."""
+        return write_mp4(self.orbit_frames(frames, size, elevation), path, fps=fps)
+
+    def nbytes(self) -> int:
+        baked = self._baked.nbytes() if self._baked is not None else 0
+        return self.triplane.numel() * self.triplane.element_size() + baked
+
+    def __repr__(self) -> str:
+        return f"Instant3DOutput(prompt={self.prompt!r}, seed={self.seed}, triplane={tuple(self.triplane.shape)})"
+
+
+class Instant3DPipeline:
+    """Text -> triplane in one forward pass; results are cached by (prompt, seed)."""
+
+    def __init__(self, model: Instant3DModel, text_encoder: TextEncoder, device=None, cache: ResultCache | None = None,
+                 source: Path | None = None):
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(self.device).eval().requires_grad_(False)
+        self.text_encoder = text_encoder
+        self.text_encoder.model.to(self.device)
+        self.cache = cache if cache is not None else ResultCache()
+        self.source = source
+        check_text_encoder_matches(model.config, text_encoder)
+
+    @classmethod
+    def from_pretrained(cls, path=None, device=None, cache_items: int = 32, cache_bytes: int = 512 * 2**20):
+        """Load a checkpoint folder (default: the bundled one) on ``device`` (default: CUDA if available)."""
+        folder = Path(path) if path is not None else default_checkpoint()
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model, meta = load_model(folder, device)
+        text_encoder = TextEncoder.from_folder(text_encoder_folder(folder, meta), device)
+        return cls(model, text_encoder, device, ResultCache(cache_items, cache_bytes), source=folder)
+
+    @property
+    def config(self) -> Instant3DConfig:
+        return self.model.config
+
+    @torch.no_grad()
+    def __call__(self, prompt: str, seed: int = 0) -> Instant3DOutput:
+        seed = check_seed(seed)
+        text = clean_prompt(prompt)
+        cached = self.cache.get((text, seed))
+        if cached is not None:
+            return cached
+        start = time.perf_counter()
+        notes = [n for n in [self.text_encoder.truncation_note(text)] if n]
+        tokens, pooled = self.text_encoder.encode(text)
+        encoded = time.perf_counter()
+        z = style_noise(seed, self.config.generator.z_dim).to(self.device)
+        triplane = self.model(tokens, pooled, z)
+        done = time.perf_counter()
+        out = Instant3DOutput(
+            text, seed, triplane, self.model, notes, {"text": encoded - start, "generator": done - encoded},
+            self.cache,
+        )
+        self.cache.put((text, seed), out)
+        return out
+
+
+def check_text_encoder_matches(config: Instant3DConfig, text_encoder: TextEncoder) -> None:
+    """The generator was built for one encoder's token count and width; refuse another with a clear error."""
+    want = (config.text.num_tokens, config.text.token_dim)
+    got = (text_encoder.max_length, text_encoder.token_dim)
+    if want != got:
+        raise CheckpointError(
+            f"the text encoder gives {got[0]} tokens x {got[1]} dims but the model was built for "
+            f"{want[0]} x {want[1]}: use the text encoder the checkpoint was trained with"
+        )

@@ -1,0 +1,97 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+from instant3d import CheckpointError, Instant3DPipeline
+from instant3d.checkpoint import load_model, save_checkpoint
+from instant3d.model import Instant3DModel
+
+
+def test_round_trip_is_bit_exact(tmp_path, tiny_checkpoint):
+    model, meta = load_model(tiny_checkpoint)
+    again = save_checkpoint(model, tmp_path / "copy", text_encoder_path=str(tiny_checkpoint / "text_encoder"))
+    reloaded, _ = load_model(again)
+    a, b = model.state_dict(), reloaded.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert reloaded.config == model.config
+
+
+def test_pipelines_from_a_copy_give_identical_triplanes(tmp_path, tiny_checkpoint):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_checkpoint, copy)
+    a = Instant3DPipeline.from_pretrained(tiny_checkpoint, device="cpu")("a red cube", seed=3)
+    b = Instant3DPipeline.from_pretrained(copy, device="cpu")("a red cube", seed=3)
+    assert torch.equal(a.triplane, b.triplane)
+
+
+def test_relative_text_encoder_reference(tmp_path, tiny_checkpoint):
+    shutil.copytree(tiny_checkpoint / "text_encoder", tmp_path / "shared-clip")
+    model, _ = load_model(tiny_checkpoint)
+    save_checkpoint(model, tmp_path / "ckpts" / "m", text_encoder_path="../../shared-clip")
+    pipe = Instant3DPipeline.from_pretrained(tmp_path / "ckpts" / "m", device="cpu")
+    assert pipe("a cube").triplane.shape[0] == 1
+
+
+def test_config_that_does_not_match_the_weights(tmp_path, tiny_checkpoint):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_checkpoint, bad)
+    meta = json.loads((bad / "config.json").read_text())
+    meta["model"]["generator"]["triplane_channels"] = 4
+    (bad / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"does not match its config.json: .*conv_out.weight has shape"):
+        load_model(bad)
+
+
+@pytest.mark.parametrize("keep", [10, 1000, -100])
+def test_truncated_weights(tmp_path, tiny_checkpoint, keep):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_checkpoint, bad)
+    data = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[:keep] if keep > 0 else data[:keep])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_model(bad)
+
+
+def test_missing_files_and_pickles_are_refused(tmp_path, tiny_checkpoint):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "nothing")
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_checkpoint, bad)
+    (bad / "model.safetensors").unlink()
+    torch.save({}, bad / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="never loaded"):
+        load_model(bad)
+    (bad / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_model(bad)
+
+
+def test_save_replaces_an_existing_checkpoint_atomically(tmp_path, tiny_checkpoint):
+    model, _ = load_model(tiny_checkpoint)
+    target = tmp_path / "ckpt"
+    save_checkpoint(model, target, text_encoder_path="x")
+    with torch.no_grad():
+        model.field.layers[0].bias.add_(1.0)
+    save_checkpoint(model, target, text_encoder_path="x")
+    reloaded, _ = load_model(target)
+    assert torch.equal(reloaded.field.layers[0].bias, model.field.layers[0].bias)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temp or backup folders left
+
+
+def test_failed_save_leaves_the_old_checkpoint(tmp_path, tiny_checkpoint, monkeypatch):
+    model, _ = load_model(tiny_checkpoint)
+    target = tmp_path / "ckpt"
+    save_checkpoint(model, target, text_encoder_path="x")
+    before = (target / "model.safetensors").read_bytes()
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("instant3d.checkpoint.save_file", boom)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(Instant3DModel(model.config), target, text_encoder_path="x")
+    assert (target / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]

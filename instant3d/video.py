@@ -33,6 +33,9 @@ def write_mp4(frames, path, fps: int = 24, quality: int = 8) -> Path:
         with writer:
             for frame in frames:
                 writer.append_data(frame)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a video is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -79,6 +79,7 @@ def fit_triplane(
     """
     gen = torch.Generator().manual_seed(seed)
     bound = field.cfg.bound
+    field.requires_grad_(True)
     planes = torch.nn.Parameter(0.1 * torch.randn(1, 3, field.plane_channels, resolution, resolution, generator=gen))
     opt = torch.optim.Adam([{"params": [planes], "lr": lr}, {"params": field.parameters(), "lr": lr / 10}])
     for _ in range(steps):

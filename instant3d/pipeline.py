@@ -13,9 +13,11 @@ import torch
 from .cameras import orbit_cameras
 from .checkpoint import CheckpointError, load_model, text_encoder_folder
 from .config import Instant3DConfig
+from .export import ExportResult, export_glb, export_obj_zip
 from .model import Instant3DModel
 from .preview import BakedVolume
-from .renderer import render_views, to_uint8
+from .color import to_uint8_srgb
+from .renderer import render_views
 from .text_encoder import TextEncoder, clean_prompt
 from .video import write_mp4
 
@@ -123,6 +125,22 @@ class Instant3DOutput:
             return points.new_zeros(0), points.new_zeros(0, 3)
         return torch.cat([p[0][0] for p in parts]), torch.cat([p[1][0] for p in parts])
 
+    @property
+    def bound(self) -> float:
+        return self.field.cfg.bound
+
+    def density_grid(self, resolution: int) -> torch.Tensor:
+        """Density at the cell centres of a resolution^3 grid over the box, (z, y, x): exact, via the bake."""
+        return self.field.bake(self.triplane, resolution)[0]
+
+    def export_glb(self, path, **options) -> ExportResult:
+        """A textured GLB of the object (see ``instant3d.export.ExportOptions`` for the options)."""
+        return export_glb(self, path, **options)
+
+    def export_obj_zip(self, path, **options) -> ExportResult:
+        """model.obj + model.mtl + texture PNG in a zip, with the same geometry and texture as the GLB."""
+        return export_obj_zip(self, path, **options)
+
     def density(self, points) -> torch.Tensor:
         return self.query(points)[0]
 
@@ -160,7 +178,10 @@ class Instant3DOutput:
 
     def render(self, azimuth: float = 0.0, elevation: float = 15.0, size: int = 256, quality: str = "fast",
                background=None) -> np.ndarray:
-        """One view as an (H, W, 3) uint8 array. ``quality``: "fast" (baked preview) or "full" (reference)."""
+        """One view as a display-ready (H, W, 3) uint8 sRGB array (the field's albedo is linear).
+
+        ``quality``: "fast" (baked preview) or "full" (reference renderer). ``background`` is linear RGB.
+        """
         return self.render_many([azimuth], [elevation], size, quality, background)[0]
 
     def render_many(self, azimuths, elevations, size=256, quality="fast", background=None) -> list[np.ndarray]:
@@ -177,7 +198,7 @@ class Instant3DOutput:
             ).color
         else:
             raise ValueError(f"quality must be 'fast' or 'full', got {quality!r}")
-        return [to_uint8(img) for img in images]
+        return [to_uint8_srgb(img) for img in images]
 
     def orbit_frames(self, frames: int = 48, size: int = 256, elevation: float = 15.0, quality="fast"):
         """``frames`` views evenly spaced over a full turn, starting at the front (azimuth 0)."""

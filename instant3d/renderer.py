@@ -144,8 +144,3 @@ def render_views(
         depth=torch.cat([p.depth for p in parts], dim=1).view(shape),
     )
 
-
-def to_uint8(image: torch.Tensor):
-    """A float image in [0, 1] (H, W, 3) -> a uint8 numpy array."""
-    return (image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
-

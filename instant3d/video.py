@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import imageio.v2 as imageio
 import numpy as np
+
+from .files import atomic_path
 
 
 def write_mp4(frames, path, fps: int = 24, quality: int = 8) -> Path:
@@ -22,10 +22,7 @@ def write_mp4(frames, path, fps: int = 24, quality: int = 8) -> Path:
     if h % 16 or w % 16:
         raise ValueError(f"video frames must be a multiple of 16 pixels on each side, got {w}x{h}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".mp4") as tmp:
         writer = imageio.get_writer(
             tmp, format="FFMPEG", fps=fps, codec="libx264", pixelformat="yuv420p", quality=quality,
             macro_block_size=16, output_params=["-movflags", "+faststart"],
@@ -33,11 +30,4 @@ def write_mp4(frames, path, fps: int = 24, quality: int = 8) -> Path:
         with writer:
             for frame in frames:
                 writer.append_data(frame)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a video is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

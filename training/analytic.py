@@ -37,6 +37,39 @@ def sphere(radius: float = 0.5, rgb=(0.8, 0.2, 0.1), center=(0.0, 0.0, 0.0)) -> 
     return AnalyticScene(lambda p: (p - c.to(p.device)).norm(dim=-1) - radius, _color(rgb))
 
 
+def box(half: float = 0.4, rgb=(0.2, 0.6, 0.2)) -> AnalyticScene:
+    """An axis-aligned cube of half-size ``half`` centred at the origin (exact signed distance)."""
+
+    def sdf(p):
+        q = p.abs() - half
+        return q.clamp_min(0).norm(dim=-1) + q.amax(dim=-1).clamp_max(0)
+
+    return AnalyticScene(sdf, _color(rgb))
+
+
+def front_back_sphere(radius: float = 0.5, front=(1.0, 0.0, 0.0), back=(0.0, 0.0, 1.0)) -> AnalyticScene:
+    """A sphere coloured ``front`` where z > 0 (the side facing azimuth 0) and ``back`` elsewhere."""
+    f, b = torch.tensor(front), torch.tensor(back)
+    return AnalyticScene(lambda p: p.norm(dim=-1) - radius,
+                         lambda p: torch.where((p[:, 2] > 0)[:, None], f.to(p.device), b.to(p.device)))
+
+
+class AnalyticSource:
+    """An analytic scene seen through the exporter's interface (``instant3d.export.DensitySource``)."""
+
+    def __init__(self, scene: AnalyticScene, bound: float = 1.0):
+        self.scene, self.bound = scene, bound
+
+    def density_grid(self, resolution: int) -> torch.Tensor:
+        c = ((torch.arange(resolution) + 0.5) / resolution * 2 - 1) * self.bound
+        zz, yy, xx = torch.meshgrid(c, c, c, indexing="ij")
+        points = torch.stack([xx, yy, zz], dim=-1).reshape(-1, 3)
+        return self.scene.density(points).reshape(resolution, resolution, resolution)
+
+    def albedo(self, points: torch.Tensor) -> torch.Tensor:
+        return self.scene.albedo(points)
+
+
 def snowman() -> AnalyticScene:
     """Two white spheres and an orange cone nose pointing at +Z (the front), plus two black eyes."""
     body_c, head_c = torch.tensor([0.0, -0.3, 0.0]), torch.tensor([0.0, 0.3, 0.0])

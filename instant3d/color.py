@@ -1,0 +1,26 @@
+"""Colour spaces. The field's albedo is linear; images shown to people and glTF base-colour textures are sRGB."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def linear_to_srgb(x):
+    """The sRGB transfer function (IEC 61966-2-1) on values in [0, 1]; torch tensors or numpy arrays."""
+    lib = torch if isinstance(x, torch.Tensor) else np
+    x = lib.clip(x, 0.0, 1.0)
+    return lib.where(x <= 0.0031308, 12.92 * x, 1.055 * lib.clip(x, 0.0031308, None) ** (1 / 2.4) - 0.055)
+
+
+def srgb_to_linear(x):
+    lib = torch if isinstance(x, torch.Tensor) else np
+    x = lib.clip(x, 0.0, 1.0)
+    return lib.where(x <= 0.04045, x / 12.92, ((lib.clip(x, 0.04045, None) + 0.055) / 1.055) ** 2.4)
+
+
+def to_uint8_srgb(linear):
+    """Linear colours in [0, 1] (torch or numpy) -> display-ready sRGB uint8 numpy array."""
+    if isinstance(linear, torch.Tensor):
+        linear = linear.detach().cpu().numpy()
+    return (linear_to_srgb(np.asarray(linear, dtype=np.float32)) * 255 + 0.5).astype(np.uint8)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,21 +19,8 @@ from PIL import Image
 
 from .checkpoint import CheckpointError
 from .pipeline import Instant3DPipeline
+from .random_models import random_small_pipeline
 from .text_encoder import PromptError
-
-
-def random_small_pipeline(device: str) -> Instant3DPipeline:
-    from .config import preset_config
-    from .model import Instant3DModel
-    from .random_models import save_random_clip_text
-    from .text_encoder import TextEncoder
-
-    folder = save_random_clip_text(Path(tempfile.mkdtemp(prefix="instant3d-demo-")) / "clip", hidden=128, layers=4,
-                                   heads=4, max_length=32)
-    text_encoder = TextEncoder.from_folder(folder, device)
-    torch.manual_seed(0)
-    model = Instant3DModel(preset_config("small", num_tokens=32, token_dim=128))
-    return Instant3DPipeline(model, text_encoder, device)
 
 
 def main(argv=None) -> int:

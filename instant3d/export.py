@@ -86,11 +86,16 @@ class ExportOptions:
 
 @dataclass
 class ExportResult:
-    path: Path
+    paths: dict[str, Path]  # format ("glb", "obj_zip") -> file written
     vertices: int
     faces: int
     threshold: float
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+    @property
+    def path(self) -> Path:
+        """The file written (the GLB when both were asked for)."""
+        return next(iter(self.paths.values()))
 
     @property
     def total_seconds(self) -> float:
@@ -241,31 +246,41 @@ def _write(path: Path, data: bytes, suffix: str) -> None:
         raise ExportError(f"cannot write {path}: {exc.strerror or exc}; choose a writable file path") from exc
 
 
-def export_glb(source: DensitySource, path, **options) -> ExportResult:
-    """Write a GLB of the object to ``path`` (atomically). Options: see ``ExportOptions``."""
+def export_files(source: DensitySource, glb=None, obj_zip=None, **options) -> ExportResult:
+    """Build the mesh once and write a GLB and/or an OBJ zip (model.obj, model.mtl, texture PNG), atomically.
+
+    Options: see ``ExportOptions``.
+    """
+    if glb is None and obj_zip is None:
+        raise ExportError("name at least one file to write: glb=... or obj_zip=...")
     opts = ExportOptions.from_kwargs(**options)
     timer = _Timer()
     mesh, level = build_textured_mesh(source, opts, timer)
-    path = Path(path)
-    _write(path, trimesh.exchange.gltf.export_glb(mesh.scene(), include_normals=True), ".glb")
-    timer.lap("write")
-    return ExportResult(path, len(mesh.vertices), len(mesh.faces), level, timer.timings)
+    paths = {}
+    if glb is not None:
+        paths["glb"] = Path(glb)
+        _write(paths["glb"], trimesh.exchange.gltf.export_glb(mesh.scene(), include_normals=True), ".glb")
+        timer.lap("write")
+    if obj_zip is not None:
+        paths["obj_zip"] = Path(obj_zip)
+        text, files = trimesh.exchange.obj.export_obj(
+            mesh, include_normals=True, include_texture=True, return_texture=True, mtl_name="model.mtl"
+        )
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("model.obj", text)
+            for name, data in files.items():
+                zf.writestr(name, data)
+        _write(paths["obj_zip"], buffer.getvalue(), ".zip")
+        timer.lap("write obj zip")
+    return ExportResult(paths, len(mesh.vertices), len(mesh.faces), level, timer.timings)
+
+
+def export_glb(source: DensitySource, path, **options) -> ExportResult:
+    """Write a GLB of the object to ``path`` (atomically). Options: see ``ExportOptions``."""
+    return export_files(source, glb=path, **options)
 
 
 def export_obj_zip(source: DensitySource, path, **options) -> ExportResult:
     """Write a zip holding model.obj, model.mtl and the texture PNG (atomically). Same options as the GLB."""
-    opts = ExportOptions.from_kwargs(**options)
-    timer = _Timer()
-    mesh, level = build_textured_mesh(source, opts, timer)
-    text, files = trimesh.exchange.obj.export_obj(
-        mesh, include_normals=True, include_texture=True, return_texture=True, mtl_name="model.mtl"
-    )
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("model.obj", text)
-        for name, data in files.items():
-            zf.writestr(name, data)
-    path = Path(path)
-    _write(path, buffer.getvalue(), ".zip")
-    timer.lap("write")
-    return ExportResult(path, len(mesh.vertices), len(mesh.faces), level, timer.timings)
+    return export_files(source, obj_zip=path, **options)

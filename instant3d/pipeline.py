@@ -13,7 +13,7 @@ import torch
 from .cameras import orbit_cameras
 from .checkpoint import CheckpointError, load_model, text_encoder_folder
 from .config import Instant3DConfig
-from .export import ExportResult, export_glb, export_obj_zip
+from .export import ExportResult, export_files
 from .model import Instant3DModel
 from .preview import BakedVolume
 from .color import to_uint8_srgb
@@ -135,11 +135,15 @@ class Instant3DOutput:
 
     def export_glb(self, path, **options) -> ExportResult:
         """A textured GLB of the object (see ``instant3d.export.ExportOptions`` for the options)."""
-        return export_glb(self, path, **options)
+        return export_files(self, glb=path, **options)
 
     def export_obj_zip(self, path, **options) -> ExportResult:
         """model.obj + model.mtl + texture PNG in a zip, with the same geometry and texture as the GLB."""
-        return export_obj_zip(self, path, **options)
+        return export_files(self, obj_zip=path, **options)
+
+    def export_files(self, glb=None, obj_zip=None, **options) -> ExportResult:
+        """Both formats from one mesh build (what the app does)."""
+        return export_files(self, glb=glb, obj_zip=obj_zip, **options)
 
     def density(self, points) -> torch.Tensor:
         return self.query(points)[0]

@@ -59,3 +59,21 @@ def _save(folder, layout, hidden, layers, heads, max_length, seed, CLIPConfig, C
     else:
         raise ValueError(f"layout must be 'sd' or 'clip', got {layout!r}")
     return folder
+
+
+def random_small_pipeline(device: str = "cpu"):
+    """A ``small``-preset pipeline with random weights and a random CLIP text tower of the toy world's size:
+    every stage runs at its real cost, but the object is noise. For the demo and app before a checkpoint exists."""
+    import tempfile
+
+    from .config import preset_config
+    from .model import Instant3DModel
+    from .pipeline import Instant3DPipeline
+    from .text_encoder import TextEncoder
+
+    folder = save_random_clip_text(Path(tempfile.mkdtemp(prefix="instant3d-random-")) / "clip", hidden=128,
+                                   layers=4, heads=4, max_length=32)
+    text_encoder = TextEncoder.from_folder(folder, device)
+    torch.manual_seed(0)
+    model = Instant3DModel(preset_config("small", num_tokens=32, token_dim=128))
+    return Instant3DPipeline(model, text_encoder, device)

@@ -1,0 +1,167 @@
+"""The instant3d web app: type a prompt, watch and scrub the orbit, turn the object, download the GLB.
+
+    python app.py [--checkpoint PATH] [--host 127.0.0.1] [--port 7860] [--share] [--device cpu|cuda]
+
+Widgets and event wiring only: the work lives in ``instant3d.service``. Binds 127.0.0.1 and makes no share
+link unless asked; analytics and hub telemetry are off before Gradio is imported.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import argparse  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import gradio as gr  # noqa: E402
+
+from instant3d.export import MAX_RESOLUTION, ExportOptions  # noqa: E402
+from instant3d.pipeline import ASSETS, MAX_SEED, Instant3DPipeline  # noqa: E402
+from instant3d.service import Instant3DService, UserError, format_timings, random_seed  # noqa: E402
+
+EXAMPLES_FILE = ASSETS / "examples.txt"
+DEFAULT_EXPORT = {
+    "resolution": ExportOptions.resolution,
+    "threshold": ExportOptions.threshold,
+    "target_faces": ExportOptions.target_faces,
+    "texture_size": ExportOptions.texture_size,
+}
+
+
+def load_examples() -> list[list[str]]:
+    if not EXAMPLES_FILE.is_file():
+        return []
+    return [[line.strip()] for line in EXAMPLES_FILE.read_text().splitlines() if line.strip()]
+
+
+def build_app(service: Instant3DService, model_concurrency: int = 1, export_defaults: dict | None = None) -> gr.Blocks:
+    """The Blocks UI around one service. ``model_concurrency`` caps generate/export jobs running at once;
+    ``export_defaults`` overrides the export settings the page starts with."""
+    defaults = {**DEFAULT_EXPORT, **(export_defaults or {})}
+
+    def generate(prompt, seed, settings, progress=gr.Progress()):
+        try:
+            result = service.generate(prompt, seed, settings, progress=progress)
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+        for note in result.notes:
+            gr.Warning(note)
+        current = {"prompt": result.prompt, "seed": result.seed}
+        timings = format_timings(result.timings, result.notes + result.info)
+        glb = str(result.glb) if result.glb else None
+        obj_zip = str(result.obj_zip) if result.obj_zip else None
+        return str(result.video), glb, glb, obj_zip, timings, result.preview, current, 0, service.elevation
+
+    def render_view(azimuth, elevation, current):
+        try:
+            return service.render_view(current.get("prompt", ""), current.get("seed", 0), azimuth, elevation)
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+
+    def reexport(current, settings, progress=gr.Progress()):
+        progress(0.1, desc="mesh export")
+        try:
+            glb, obj_zip, timings, notes = service.reexport(current.get("prompt", ""), current.get("seed", 0), settings)
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+        return str(glb), str(glb), str(obj_zip), format_timings(timings, notes)
+
+    def update_settings(resolution, threshold, target_faces, texture_size):
+        return {"resolution": resolution, "threshold": "auto" if not threshold else threshold,
+                "target_faces": target_faces, "texture_size": int(texture_size)}
+
+    with gr.Blocks(title="instant3d") as app:
+        current = gr.State({"prompt": "", "seed": 0})
+        settings = gr.State(dict(defaults))
+        gr.Markdown("## instant3d: text to 3D in one forward pass\nType a prompt and press **Generate**. "
+                    "Drag the sliders to turn the object; download the GLB or the OBJ zip.")
+        with gr.Row():
+            with gr.Column(scale=1):
+                prompt = gr.Textbox(label="Prompt", placeholder="a red cube on top of a blue sphere", lines=2,
+                                    elem_id="prompt")
+                with gr.Row():
+                    seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
+                    dice = gr.Button("Random seed", size="sm")
+                run = gr.Button("Generate", variant="primary", elem_id="generate")
+                gr.Examples(load_examples(), inputs=[prompt], cache_examples=False, label="Examples")
+                with gr.Accordion("Export settings", open=False):
+                    resolution = gr.Slider(32, MAX_RESOLUTION, value=defaults["resolution"], step=16,
+                                           label="Grid resolution")
+                    threshold = gr.Number(value=0 if defaults["threshold"] == "auto" else defaults["threshold"],
+                                          label="Density threshold (0 = auto)", minimum=0)
+                    target_faces = gr.Slider(500, 50000, value=defaults["target_faces"], step=500,
+                                             label="Target faces")
+                    texture_size = gr.Dropdown(["128", "256", "512", "1024", "2048"],
+                                               value=str(defaults["texture_size"]), label="Texture size")
+                    again = gr.Button("Re-export with these settings")
+                timings = gr.Textbox(label="Timings and notes", lines=10, interactive=False, elem_id="timings")
+            with gr.Column(scale=2):
+                video = gr.Video(label="Orbit", autoplay=True, loop=True, format="mp4", elem_id="orbit")
+                with gr.Row():
+                    view = gr.Image(label="View", type="numpy", interactive=False, height=256, elem_id="view")
+                    with gr.Column():
+                        azimuth = gr.Slider(-180, 180, value=0, step=1, label="Azimuth", elem_id="azimuth")
+                        elevation = gr.Slider(-60, 85, value=service.elevation, step=1, label="Elevation",
+                                              elem_id="elevation")
+                model3d = gr.Model3D(label="3D view", clear_color=(0.92, 0.92, 0.92, 1.0), elem_id="model3d")
+                with gr.Row():
+                    glb_file = gr.File(label="GLB", elem_id="glb_file")
+                    obj_file = gr.File(label="OBJ + MTL + PNG (zip)", elem_id="obj_file")
+
+        export_inputs = [resolution, threshold, target_faces, texture_size]
+        for widget in export_inputs:
+            widget.change(update_settings, export_inputs, settings, api_visibility="private", queue=False)
+        dice.click(random_seed, None, seed, api_visibility="private", queue=False)
+        outputs = [video, model3d, glb_file, obj_file, timings, view, current, azimuth, elevation]
+        model_queue = dict(concurrency_id="model", concurrency_limit=model_concurrency)
+        run.click(generate, [prompt, seed, settings], outputs, api_name="generate", **model_queue)
+        prompt.submit(generate, [prompt, seed, settings], outputs, api_visibility="private", **model_queue)
+        view_queue = dict(show_progress="hidden", trigger_mode="always_last", concurrency_id="view",
+                          concurrency_limit=2)
+        azimuth.input(render_view, [azimuth, elevation, current], view, api_name="render_view", **view_queue)
+        elevation.input(render_view, [azimuth, elevation, current], view, api_visibility="private", **view_queue)
+        again.click(reexport, [current, settings], [model3d, glb_file, obj_file, timings], api_name="reexport",
+                    **model_queue)
+    return app
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="instant3d web app")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint folder (default: the bundled one)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="run on a random small model (no checkpoint needed; the objects are noise)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--output-dir", type=Path, default=None, help="where generated files go (default: a temp dir)")
+    parser.add_argument("--concurrency", type=int, default=1, help="model jobs at once (default 1 on 2 CPU cores)")
+    return parser.parse_args(argv)
+
+
+def make_service(args) -> Instant3DService:
+    if args.random_weights:
+        from instant3d.random_models import random_small_pipeline
+
+        pipeline = random_small_pipeline(args.device or "cpu")
+    else:
+        pipeline = Instant3DPipeline.from_pretrained(args.checkpoint, device=args.device)
+    output = args.output_dir or Path(tempfile.mkdtemp(prefix="instant3d-app-"))
+    return Instant3DService(pipeline, output)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    service = make_service(args)
+    service.warm_up()
+    app = build_app(service, model_concurrency=args.concurrency)
+    app.queue(max_size=64).launch(server_name=args.host, server_port=args.port, share=args.share)
+
+
+if __name__ == "__main__":
+    main()

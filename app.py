@@ -27,7 +27,7 @@ from instant3d.service import Instant3DService, UserError, format_timings, rando
 EXAMPLES_FILE = ASSETS / "examples.txt"
 DEFAULT_EXPORT = {
     "resolution": ExportOptions.resolution,
-    "threshold": ExportOptions.threshold,
+    "threshold": "auto",  # checkpoints differ in density scale; the timings box says which density auto chose
     "target_faces": ExportOptions.target_faces,
     "texture_size": ExportOptions.texture_size,
 }

@@ -203,8 +203,8 @@ def test_in_a_real_browser(server, tmp_path):
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path="/usr/bin/chromium",
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--no-first-run", "--disable-sync"],
+            args=["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",  # software WebGL
+                  "--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-sync"],
         )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
@@ -227,6 +227,14 @@ def test_in_a_real_browser(server, tmp_path):
                 page.locator("#glb_file a").first.click()
             glb = tmp_path / "downloaded.glb"
             download.value.save_as(glb)
+            # the interactive 3D view draws the GLB: its canvas shows more than the clear colour
+            page.wait_for_function("() => document.querySelector('#model3d canvas')", timeout=30_000)
+            for _ in range(30):
+                shot = iio.imread(page.locator("#model3d canvas").screenshot())
+                if shot[..., :3].astype(float).std(axis=(0, 1)).max() > 3:
+                    break
+                page.wait_for_timeout(1000)
+            assert shot[..., :3].astype(float).std(axis=(0, 1)).max() > 3, "the 3D view stayed empty"
             page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
         finally:
             browser.close()

@@ -108,12 +108,14 @@ def save_checkpoint(
     text_encoder=None,
     text_encoder_path: str | None = None,
     extra: dict | None = None,
+    extra_files: dict[str, bytes] | None = None,
 ) -> Path:
     """Write a checkpoint folder atomically.
 
     Either ``text_encoder`` (a ``TextEncoder``: copied into ``text_encoder/``) or ``text_encoder_path``
     (a path stored as given, resolved relative to the checkpoint folder when loading) names the encoder.
-    ``extra`` holds anything else worth keeping (training step, the command that made it...).
+    ``extra`` holds anything else worth keeping (training step, the command that made it...); ``extra_files``
+    (name -> bytes, e.g. a trainer's state) are written into the folder before it is renamed into place.
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -129,6 +131,8 @@ def save_checkpoint(
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
         if text_encoder is not None:
             text_encoder.tokenizer.save_pretrained(tmp / "text_encoder")
             text_encoder.model.save_pretrained(tmp / "text_encoder", safe_serialization=True)

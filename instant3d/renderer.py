@@ -76,19 +76,33 @@ def render_rays(
     perturb: bool = False,
     generator: torch.Generator | None = None,
     alpha: float | None = None,
+    shading: str = "albedo",
+    light_dirs: torch.Tensor | None = None,
+    ambient: float = 0.1,
 ) -> RenderResult:
     """Render B x N rays through B triplanes: planes (B, 3, C, R, R), origins/dirs (B, N, 3) -> (B, N, ...).
 
     ``background`` is a colour (3,) or per-image colours (B, 3) (training uses a random one per image).
+    ``shading``: "albedo" (colour as is), "lambertian" (albedo x (ambient + (1 - ambient) max(n.l, 0))) or
+    "textureless" (white, shaded); the last two need unit ``light_dirs`` (B, 3) and cost 6 extra field
+    queries a sample for the normals (DreamFusion's shading, as the paper does).
     Differentiable with respect to the planes and the field's MLP.
     """
+    if shading not in ("albedo", "lambertian", "textureless"):
+        raise ValueError(f"shading must be 'albedo', 'lambertian' or 'textureless', got {shading!r}")
+    if shading != "albedo" and light_dirs is None:
+        raise ValueError(f"{shading} shading needs light_dirs")
     b, n, _ = origins.shape
     bound = field.cfg.bound
     t_near, t_far, _ = ray_box_intersect(origins, dirs, -bound, bound)  # (B, N)
 
-    def query(t: torch.Tensor):
-        points = origins[..., None, :] + dirs[..., None, :] * t[..., None]  # (B, N, S, 3)
-        sigma, rgb = field(planes, points.reshape(b, -1, 3), alpha=alpha)
+    def query(t: torch.Tensor, shade: bool = False):
+        points = (origins[..., None, :] + dirs[..., None, :] * t[..., None]).reshape(b, -1, 3)  # (B, N*S, 3)
+        sigma, rgb = field(planes, points, alpha=alpha)
+        if shade and shading != "albedo":
+            lam = (field.normals(planes, points) * light_dirs[:, None, :]).sum(-1).clamp_min(0)
+            lam = (ambient + (1 - ambient) * lam)[..., None]
+            rgb = rgb * lam if shading == "lambertian" else lam.expand_as(rgb)
         return sigma.view(b, n, -1), rgb.view(b, n, -1, 3)
 
     t = stratified_samples(t_near, t_far, num_samples, perturb, generator)
@@ -104,7 +118,7 @@ def render_rays(
             )
         t, _ = torch.sort(torch.cat([t, fine.view(b, n, -1)], dim=-1), dim=-1)
     starts, ends = intervals_from_samples(t, t_near, t_far)
-    sigma, rgb = query(t)
+    sigma, rgb = query(t, shade=True)
 
     bg = torch.as_tensor(background, dtype=rgb.dtype, device=rgb.device)
     bg = bg.view(-1, 1, 3).expand(b, n, 3).reshape(b * n, 3) if bg.dim() == 2 else bg

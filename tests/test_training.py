@@ -1,0 +1,346 @@
+"""The training package: loading priors, SDS, Perp-Neg, adaptive severity, schedules, prompt sets, the trainer
+(resume after SIGKILL, truncated checkpoints, NaN handling), two-process DDP, and evaluation."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.clip_model import CLIPError, CLIPScorer
+from training.config import load_config
+from training.guidance import DiffusionGuidance, PriorError
+from training.perpneg import (
+    SeverityCache,
+    perp_neg_guidance,
+    perpendicular_component,
+    severity,
+    view_blend,
+)
+from training.prompt_sets import animals, load_prompt_set, portraits
+from training.random_priors import save_random_clip, save_random_prior
+from training.sampling import alpha_schedule
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "training" / "configs" / "smoke.toml"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1",
+       "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture(scope="module")
+def pixel_prior(tmp_path_factory):
+    return save_random_prior(tmp_path_factory.mktemp("prior") / "pixel", latent=False)
+
+
+@pytest.fixture(scope="module")
+def clip_folder(tmp_path_factory):
+    return save_random_clip(tmp_path_factory.mktemp("clip") / "clip")
+
+
+# -- loading ----------------------------------------------------------------------------------------------------
+def test_loads_a_stable_diffusion_layout_with_vae_and_a_clip_model(tmp_path, clip_folder):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    folder = save_random_prior(tmp_path / "sd", latent=True)
+    g = DiffusionGuidance.from_folder(folder)
+    assert isinstance(g.unet, UNet2DConditionModel) and isinstance(g.vae, AutoencoderKL)
+    assert g.input_size == 16  # UNet sample 8 x VAE factor 2
+    latents = g.encode_images(torch.rand(2, 3, 32, 32))
+    assert latents.shape == (2, 4, 8, 8)
+    clip = CLIPScorer.from_folder(clip_folder)
+    assert clip.image_features(torch.rand(2, 3, 40, 40)).shape == (2, 32)
+    assert torch.allclose(clip.text_features(["a cat"]).norm(dim=-1), torch.ones(1))
+
+
+def test_incomplete_prior_and_clip_folders_name_the_problem(tmp_path, pixel_prior):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(pixel_prior, bad)
+    shutil.rmtree(bad / "scheduler")
+    with pytest.raises(PriorError, match="scheduler/ is missing"):
+        DiffusionGuidance.from_folder(bad)
+    with pytest.raises(CLIPError, match="config.json is missing"):
+        CLIPScorer.from_folder(tmp_path)
+    with pytest.raises(CLIPError, match="full CLIPModel"):
+        CLIPScorer.from_folder(pixel_prior / "text_encoder")
+
+
+# -- SDS --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["none", "fixed", "adaptive"])
+def test_sds_gradient_is_zero_when_the_unet_predicts_the_true_noise(pixel_prior, mode):
+    g = DiffusionGuidance.from_folder(pixel_prior, perp_neg=mode)
+    images = torch.rand(2, 3, 16, 16, requires_grad=True)
+    noise = torch.randn(2, 3, 16, 16)
+    g.predict_noise = lambda x_t, t, emb: noise.repeat(x_t.shape[0] // 2, 1, 1, 1)
+    out = g.sds(images, ["a cat", "a dog"], [0, 130], [10, 20], torch.tensor([1.0, 2.0]), noise=noise)
+    out.loss.backward()
+    assert torch.equal(images.grad, torch.zeros_like(images))
+
+
+def test_sds_gradient_has_the_sign_and_scale_of_w_times_eps_hat_minus_eps(pixel_prior):
+    g = DiffusionGuidance.from_folder(pixel_prior, perp_neg="none", guidance_scale=7.5)
+    images = torch.rand(2, 3, 16, 16, requires_grad=True)
+    noise = torch.randn(2, 3, 16, 16)
+    eps_cond, eps_uncond = torch.full_like(noise, 0.3), torch.full_like(noise, -0.1)
+    g.predict_noise = lambda x_t, t, emb: torch.cat([eps_cond, eps_uncond])
+    t = torch.tensor([100, 700])
+    out = g.sds(images, ["a cat", "a dog"], [0, 0], [0, 0], noise=noise, timesteps=t)
+    out.loss.backward()
+    w = (1 - g.alphas_cumprod[t]).view(-1, 1, 1, 1)
+    eps_hat = eps_uncond + 7.5 * (eps_cond - eps_uncond)
+    expected = w * (eps_hat - noise) * 2 / 2  # d x / d image = 2 (x = 2 image - 1); the loss is a batch mean (/2)
+    assert torch.allclose(images.grad, expected, atol=1e-5)
+
+
+# -- Perp-Neg -----------------------------------------------------------------------------------------------------
+def test_perp_neg_matches_a_float64_reference():
+    rng = np.random.default_rng(0)
+    eps_u, eps_p = rng.normal(size=(3, 4, 5, 5)), rng.normal(size=(3, 4, 5, 5))
+    eps_n = rng.normal(size=(3, 2, 4, 5, 5))
+    w = rng.uniform(0, 2, size=(3, 2))
+    s = 7.0
+    ref = np.zeros_like(eps_u)
+    for b in range(3):
+        e_pos = (eps_p[b] - eps_u[b]).ravel()
+        total = np.zeros_like(e_pos)
+        for k in range(2):
+            e_neg = (eps_n[b, k] - eps_u[b]).ravel()
+            total += w[b, k] * (e_neg - e_neg.dot(e_pos) / e_pos.dot(e_pos) * e_pos)
+        ref[b] = eps_u[b] + s * (e_pos - total).reshape(4, 5, 5)
+    t = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    got = perp_neg_guidance(t(eps_u), t(eps_p), t(eps_n), t(w), s).double().numpy()
+    assert np.allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_perpendicular_component_is_orthogonal():
+    x, y = torch.randn(6, 4, 8, 8, dtype=torch.float64), torch.randn(6, 4, 8, 8, dtype=torch.float64)
+    p = perpendicular_component(x, y)
+    assert torch.allclose((p * y).sum(dim=(1, 2, 3)), torch.zeros(6, dtype=torch.float64), atol=1e-9)
+    assert torch.allclose(perpendicular_component(y, y), torch.zeros_like(y), atol=1e-9)
+
+
+def test_view_weights_at_front_side_back_and_overhead():
+    b = view_blend([0, 90, 180, -90, 270, 45], [0, 0, 0, 0, 0, 80])
+    # (front, side, back, overhead) weights of the positive embedding
+    assert torch.allclose(b.positive[0], torch.tensor([1.0, 0, 0, 0]))
+    assert torch.allclose(b.positive[1], torch.tensor([0, 1.0, 0, 0]))
+    assert torch.allclose(b.positive[2], torch.tensor([0, 0, 1.0, 0]))
+    assert torch.allclose(b.positive[3], b.positive[1]) and torch.allclose(b.positive[4], b.positive[1])
+    f = lambda a, bb, c, r: a * np.exp(-bb * r) + c  # noqa: E731
+    # front: negatives front (f_fs(1) = 0) and side (f_sf(0) = 1.574)
+    assert b.negative_weights[0].tolist() == pytest.approx([f(4, .5, -2.426, 1), f(4, .5, -2.426, 0)], abs=1e-5)
+    assert b.negative_weights[0].tolist() == pytest.approx([0.0, 1.574], abs=1e-3)
+    # side: negatives side (f_sb(1) ~ 0) and front (f_fsb(1) = 1.574)
+    assert b.negative_weights[1].tolist() == pytest.approx([f(1, .5, -.606, 1), f(1, .5, .967, 1)], abs=1e-5)
+    # back: side (f_sb(0) = 0.394) and front (f_fsb(0) = 1.967)
+    assert b.negative_weights[2].tolist() == pytest.approx([0.394, 1.967], abs=1e-5)
+    # overhead: the overhead prompt, no negatives
+    assert torch.allclose(b.positive[5], torch.tensor([0, 0, 0, 1.0])) and b.negative_weights[5].abs().sum() == 0
+
+
+# -- adaptive severity ---------------------------------------------------------------------------------------------
+def test_severity_extremes_and_range():
+    f = torch.nn.functional.normalize(torch.randn(5, 16), dim=-1)
+    opposite = severity(f, torch.tensor([[0.0, 0.0]] * 5), f, torch.tensor([[180.0, 0.0]] * 5))
+    assert torch.allclose(opposite, torch.ones(5), atol=1e-6)  # identical features at opposite views: C = 1
+    g = torch.nn.functional.normalize(torch.randn(5, 16), dim=-1)
+    views = torch.tensor([[30.0, 10.0]] * 5)
+    assert torch.allclose(severity(f, views, g, views), torch.zeros(5), atol=1e-6)  # same view: C = 0
+    views_a = torch.stack([torch.rand(200) * 360, torch.rand(200) * 110 - 20], dim=-1)
+    views_b = torch.stack([torch.rand(200) * 360, torch.rand(200) * 110 - 20], dim=-1)
+    c = severity(torch.randn(200, 16), views_a, torch.randn(200, 16), views_b)
+    assert c.min() >= 0 and c.max() <= 1
+
+
+def test_severity_cache_uses_the_previous_view_of_the_same_prompt():
+    cache = SeverityCache()
+    f = torch.nn.functional.normalize(torch.randn(1, 8), dim=-1)
+    assert cache.update(["a"], f, torch.tensor([[0.0, 0.0]])).item() == 0  # first visit
+    assert cache.update(["a"], f, torch.tensor([[180.0, 0.0]])).item() == pytest.approx(1.0, abs=1e-6)
+    assert cache.update(["b"], f, torch.tensor([[180.0, 0.0]])).item() == 0  # another prompt
+    keys, tensors = cache.state()
+    again = SeverityCache()
+    again.load(keys, tensors)
+    assert again.update(["a"], f, torch.tensor([[0.0, 0.0]])).item() == pytest.approx(1.0, abs=1e-6)
+
+
+# -- schedules, prompt sets, config --------------------------------------------------------------------------------
+def test_alpha_schedule_anneals_from_half_to_exactly_one():
+    assert alpha_schedule(0, 0.5, 0, 100) == 0.5
+    assert alpha_schedule(50, 0.5, 0, 100) == pytest.approx(0.75)
+    assert alpha_schedule(100, 0.5, 0, 100) == 1.0 and alpha_schedule(10**6, 0.5, 0, 100) == 1.0
+    values = [alpha_schedule(s, 0.5, 10, 90) for s in range(100)]
+    assert all(a <= b for a, b in zip(values, values[1:]))
+
+
+def test_prompt_sets_and_splits():
+    a, p = animals(), portraits()
+    assert len(a) == len(set(a)) == 3150 and len(p) == len(set(p)) == 400
+    for example in ["a cat sitting on books and wearing sunglasses and wearing a cowboy hat",
+                    "a fox sitting in a bathtub and wearing a straw hat", "a wolf wearing a scarf and wearing a party hat",
+                    "a rabbit sitting in a basket and wearing a tie"]:
+        assert example in a
+    assert "Kobe wearing a crown is crying" in p
+    train, held = load_prompt_set("animals")
+    assert (len(train), len(held)) == (1890, 1260) and not set(train) & set(held)
+    assert load_prompt_set("animals")[0] == train and load_prompt_set("animals", seed=1)[0] != train
+
+
+def test_config_overrides_and_errors(tmp_path):
+    cfg = load_config(SMOKE, ["optim.lr=3e-4", 'prompts.set="animals"', "render.radius=[2.5, 3.0]", "run.seed=4"])
+    assert cfg.optim.lr == 3e-4 and cfg.prompts.set == "animals" and cfg.render.radius == [2.5, 3.0]
+    assert cfg.smoke.enabled and cfg.model.preset == "tiny"
+    with pytest.raises(ValueError, match="unknown key"):
+        load_config(SMOKE, ["optim.learning_rate=1"])
+    with pytest.raises(ValueError, match="must be a int"):
+        load_config(SMOKE, ["optim.steps=many"])
+    with pytest.raises(FileNotFoundError):
+        load_config(tmp_path / "none.toml")
+
+
+# -- the trainer ---------------------------------------------------------------------------------------------------
+def _train_cmd(out: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "training.train", "--config", str(SMOKE), f'run.output_dir="{out}"', *overrides]
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    folder = out / "checkpoints"
+    return sorted(folder.glob("step-*")) if folder.is_dir() else []
+
+
+def _state_step(folder: Path) -> int:
+    return json.loads((folder / "trainer_state.json").read_text())["step"]
+
+
+def test_killed_run_resumes_and_a_truncated_checkpoint_falls_back(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_train_cmd(out, "optim.steps=100000", "run.checkpoint_every=3"), cwd=ROOT, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not any(_state_step(c) >= 6 for c in _checkpoints(out)
+                                                 if (c / "trainer_state.json").exists()):
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    saved = _checkpoints(out)
+    assert saved, "no checkpoint was written before the kill"
+    last = max(_state_step(c) for c in saved)
+    assert last >= 6
+    target = last + 4
+    done = subprocess.run(_train_cmd(out, f"optim.steps={target}", "run.checkpoint_every=3"), cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"at step {last}" in done.stderr
+    newest = _checkpoints(out)[-1]
+    assert _state_step(newest) == target
+    # a truncated newest checkpoint: detected, and the one before it is used
+    weights = newest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    again = subprocess.run(_train_cmd(out, f"optim.steps={target + 2}", "run.checkpoint_every=3"), cwd=ROOT,
+                           env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "unreadable" in again.stderr
+    previous = [c for c in _checkpoints(out) if _state_step(c) < target]
+    assert previous and f"at step {_state_step(previous[-1])}" in again.stderr
+
+
+def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path):
+    from training.trainer import Trainer, TrainingStopped
+
+    cfg = load_config(SMOKE, [f'run.output_dir="{tmp_path}"', "optim.steps=4", "run.checkpoint_every=2",
+                              "optim.max_bad_steps=3"])
+    trainer = Trainer(cfg)
+    trainer.train()
+    assert trainer.step == 4
+    good = _checkpoints(tmp_path)
+    real = trainer.compute_loss
+    calls = {"n": 0}
+
+    def sometimes_nan(gen, alpha):
+        loss, stats = real(gen, alpha)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] in (1, 3, 4, 5) else loss), stats
+
+    trainer.compute_loss = sometimes_nan
+    cfg.optim.steps = 20
+    with pytest.raises(TrainingStopped, match="3 steps in a row.*last good checkpoint is .*step-0000004"):
+        trainer.train()
+    assert trainer.bad_steps_total == 4 and trainer.step == 5  # one good step between the NaNs
+    assert _checkpoints(tmp_path) == good
+
+
+def test_trained_checkpoint_loads_in_the_engine_and_evaluates(tmp_path, clip_folder):
+    from instant3d import Instant3DPipeline
+    from training.evaluate import main as evaluate
+
+    out = tmp_path / "run"
+    done = subprocess.run(_train_cmd(out, "optim.steps=3"), cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ckpt = _checkpoints(out)[-1]
+    pipe = Instant3DPipeline.from_pretrained(ckpt, device="cpu")
+    assert pipe("a girl wearing a crown is laughing").render(0, 15, size=32).shape == (32, 32, 3)
+    assert list((out / "validation").glob("*/00.mp4"))
+    report = tmp_path / "metrics.json"
+    assert evaluate(["--checkpoint", str(ckpt), "--clip", str(clip_folder), "--limit", "3", "--size", "32",
+                     "--views", "2", "--output", str(report)]) == 0
+    metrics = json.loads(report.read_text())
+    assert 0 <= metrics["r_precision"] <= 1 and 0 < metrics["retrieval_probability"] < 1
+    assert metrics["queries"] == 400 and metrics["prompts"] == 3 and metrics["training_step"] == 3
+
+
+def test_clip_retrieval_scores_a_perfect_match_as_one():
+    from training.evaluate import clip_retrieval
+
+    queries = ["a", "b", "c"]
+    text = torch.eye(3)
+
+    class FakeOut:
+        def __init__(self, k):
+            self.k = k
+
+        def render_many(self, az, el, size):
+            img = np.zeros((size, size, 3), dtype=np.uint8)
+            img[..., 0] = self.k  # encodes which prompt made it
+            return [img] * len(az)
+
+    class FakePipe:
+        cache = type("C", (), {"clear": staticmethod(lambda: None)})()
+
+        def __call__(self, prompt, seed=0):
+            return FakeOut(queries.index(prompt))
+
+    class FakeClip:
+        device = "cpu"
+        model = type("M", (), {"logit_scale": torch.tensor(np.log(100.0))})()
+
+        def text_features(self, prompts):
+            return text
+
+        def image_features(self, images):
+            return text[(images[:, 0, 0, 0] * 255).round().long()]
+
+    metrics = clip_retrieval(FakePipe(), FakeClip(), ["a", "c"], queries, views=3, size=16)
+    assert metrics["r_precision"] == 1.0 and metrics["retrieval_probability"] > 0.99
+
+
+def test_two_process_ddp_on_cpu_writes_one_checkpoint(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "training.train", "--config", str(SMOKE), f'run.output_dir="{out}"', "optim.steps=3",
+           "run.checkpoint_every=100"]
+    done = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = _checkpoints(out)
+    assert [c.name for c in saved] == ["step-0000003"]
+    meta = json.loads((saved[0] / "trainer_state.json").read_text())
+    assert meta["world_size"] == 2 and meta["step"] == 3

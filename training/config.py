@@ -1,0 +1,138 @@
+"""Training configuration: readable TOML files in training/configs/, plus ``section.key=value`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class ModelSection:
+    preset: str = "small"  # tiny | small | paper (text shape comes from the prior's text encoder)
+    init_checkpoint: str = ""  # start from this checkpoint's weights (not a resume)
+
+
+@dataclass
+class PriorSection:
+    folder: str = ""  # Stable Diffusion-style folder: unet/ scheduler/ text_encoder/ tokenizer/ [vae/]
+    guidance_scale: float = 100.0
+    t_min: float = 0.02
+    t_max: float = 0.98
+    perp_neg: str = "adaptive"  # none | fixed | adaptive
+    w_min: float = 0.5  # adaptive Perp-Neg: negative weights x (w_min + C * w_delta)
+    w_delta: float = 1.5
+    half_precision: bool = True  # GPU only
+
+
+@dataclass
+class ClipSection:
+    folder: str = ""  # transformers CLIPModel folder; needed for the CLIP loss and adaptive Perp-Neg
+    weight: float = 0.1
+
+
+@dataclass
+class PromptSection:
+    set: str = "animals"  # animals | portraits | file | any registered set
+    file: str = ""
+    train_fraction: float = 0.6
+    split_seed: int = 0
+    validation: list[str] = field(default_factory=list)  # prompts rendered to orbit videos during training
+
+
+@dataclass
+class RenderSection:
+    resolution: int = 64
+    samples: int = 64
+    importance: int = 64
+    radius: list[float] = field(default_factory=lambda: [3.0, 3.6])
+    fov: list[float] = field(default_factory=lambda: [35.0, 45.0])
+    elevation: list[float] = field(default_factory=lambda: [-20.0, 65.0])
+    front_bias: float = 0.0
+    shading: dict[str, float] = field(default_factory=lambda: {"albedo": 0.5, "lambertian": 0.4, "textureless": 0.1})
+    ambient: float = 0.1
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    batch_size: int = 8  # prompts per step per process
+    grad_accum: int = 1
+    steps: int = 10000
+    ema_decay: float = 0.0  # 0 = no EMA
+    alpha_start: float = 0.5  # scaled-sigmoid alpha: start, then linear to 1 over [alpha_begin, alpha_end]
+    alpha_begin: int = 0
+    alpha_end: int = 5000
+    max_bad_steps: int = 10  # consecutive NaN/inf steps before the run stops
+
+
+@dataclass
+class RunSection:
+    output_dir: str = "runs/default"
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    validate_every: int = 1000
+    validation_frames: int = 24
+    validation_size: int = 128
+
+
+@dataclass
+class SmokeSection:
+    enabled: bool = False  # build tiny random prior + CLIP models under output_dir/smoke-models first
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    prior: PriorSection = field(default_factory=PriorSection)
+    clip: ClipSection = field(default_factory=ClipSection)
+    prompts: PromptSection = field(default_factory=PromptSection)
+    render: RenderSection = field(default_factory=RenderSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    run: RunSection = field(default_factory=RunSection)
+    smoke: SmokeSection = field(default_factory=SmokeSection)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _apply(cfg: TrainConfig, data: dict, where: str) -> None:
+    for section, values in data.items():
+        if not hasattr(cfg, section) or not isinstance(values, dict):
+            raise ValueError(f"{where}: unknown section [{section}]")
+        target = getattr(cfg, section)
+        for key, value in values.items():
+            if not hasattr(target, key):
+                raise ValueError(f"{where}: unknown key {section}.{key}")
+            default = getattr(target, key)
+            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if type(default) is not type(value):
+                raise ValueError(f"{where}: {section}.{key} must be a {type(default).__name__}, got {value!r}")
+            setattr(target, key, value)
+
+
+def load_config(path=None, overrides: list[str] | None = None) -> TrainConfig:
+    """Defaults, then the TOML file, then overrides like ``optim.lr=3e-4`` or ``prompts.set="portraits"``."""
+    cfg = TrainConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"training config {path} does not exist")
+        _apply(cfg, tomllib.loads(path.read_text()), str(path))
+    for item in overrides or []:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        dotted, raw = item.split("=", 1)
+        section, key = dotted.split(".", 1)
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw  # a bare string
+        _apply(cfg, {section: {key: value}}, f"override {item!r}")
+    return cfg

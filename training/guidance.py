@@ -1,0 +1,165 @@
+"""Score Distillation Sampling against a diffusers text-to-image model loaded from a local folder.
+
+The folder has Stable Diffusion's layout: ``unet/``, ``scheduler/``, ``text_encoder/``, ``tokenizer/`` and,
+for latent models such as SD 2.1, ``vae/``. Without ``vae/`` (our toy-world prior) SDS runs in pixel space.
+
+SDS (paper Eq. 2-4): x_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps; eps_hat from classifier-free guidance or
+(adaptive) Perp-Neg; grad = w(t) (eps_hat - eps) with w(t) = 1 - abar_t, injected at x with the UNet's
+Jacobian skipped (the loss 0.5 ||x - sg(x - grad)||^2 has exactly that gradient).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from instant3d.text_encoder import TextEncoder, quiet_transformers
+
+from .perpneg import VIEW_SUFFIXES, perp_neg_guidance, view_blend
+
+VIEWS = ("front", "side", "back", "overhead")
+
+
+class PriorError(ValueError):
+    """A diffusion-model folder that cannot be used; the message names the missing piece."""
+
+
+@dataclass
+class SDSOutput:
+    loss: torch.Tensor  # its gradient w.r.t. the images is the SDS gradient
+    timesteps: torch.Tensor
+    grad_norm: float
+
+
+class DiffusionGuidance:
+    """A frozen diffusion model that scores renders of an object against a prompt (SDS)."""
+
+    def __init__(self, unet, scheduler, text_encoder: TextEncoder, vae=None, guidance_scale: float = 100.0,
+                 t_range=(0.02, 0.98), perp_neg: str = "adaptive", half_precision: bool = True):
+        if perp_neg not in ("none", "fixed", "adaptive"):
+            raise PriorError(f"perp_neg must be 'none', 'fixed' or 'adaptive', got {perp_neg!r}")
+        if not 0 <= t_range[0] < t_range[1] <= 1:
+            raise PriorError(f"t_range must satisfy 0 <= t_min < t_max <= 1, got {t_range}")
+        self.device = next(unet.parameters()).device
+        self.dtype = torch.float16 if half_precision and self.device.type == "cuda" else torch.float32
+        self.unet = (unet.to(self.dtype) if self.dtype != torch.float32 else unet).eval().requires_grad_(False)
+        self.vae = vae.eval().requires_grad_(False) if vae is not None else None  # fp32: SD's VAE overflows in fp16
+        self.text_encoder = text_encoder
+        self.scheduler = scheduler
+        self.alphas_cumprod = scheduler.alphas_cumprod.to(self.device, torch.float32)
+        n = scheduler.config.num_train_timesteps
+        self.t_min, self.t_max = int(t_range[0] * n), int(t_range[1] * n)
+        self.guidance_scale = guidance_scale
+        self.perp_neg = perp_neg
+        self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
+        self._uncond: torch.Tensor | None = None
+
+    @classmethod
+    def from_folder(cls, folder, device="cpu", **options) -> "DiffusionGuidance":
+        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise PriorError(f"diffusion model folder {folder} does not exist")
+        for part in ("unet", "scheduler", "text_encoder", "tokenizer"):
+            if not (folder / part).is_dir():
+                raise PriorError(f"{folder} is not a Stable Diffusion-style folder: {part}/ is missing")
+        if not list((folder / "unet").glob("*.safetensors")):
+            raise PriorError(f"no safetensors weights in {folder / 'unet'} (pickled weights are never loaded)")
+        with quiet_transformers():
+            unet = UNet2DConditionModel.from_pretrained(folder / "unet", use_safetensors=True).to(device)
+            scheduler = DDIMScheduler.from_pretrained(folder / "scheduler")
+            vae = None
+            if (folder / "vae").is_dir():
+                vae = AutoencoderKL.from_pretrained(folder / "vae", use_safetensors=True).to(device)
+        text_encoder = TextEncoder.from_folder(folder, device)
+        if text_encoder.token_dim != unet.config.cross_attention_dim:
+            raise PriorError(f"the text encoder's width {text_encoder.token_dim} does not match the UNet's "
+                             f"cross_attention_dim {unet.config.cross_attention_dim}")
+        return cls(unet, scheduler, text_encoder, vae, **options)
+
+    # -- inputs -------------------------------------------------------------------------------------------------
+    @property
+    def input_size(self) -> int:
+        """The image size the model works at (pixels for pixel models, VAE input size for latent ones)."""
+        size = self.unet.config.sample_size
+        if self.vae is not None:
+            size *= 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return int(size)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """sRGB images (B, 3, H, W) in [0, 1] -> the model's input space (latents, or pixels in [-1, 1])."""
+        size = self.input_size
+        if images.shape[-1] != size:
+            images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
+                                   antialias=images.shape[-1] > size)
+        x = images * 2 - 1
+        if self.vae is None:
+            return x
+        latents = self.vae.encode(x.float()).latent_dist.sample()
+        return latents * self.vae.config.scaling_factor
+
+    def view_embeddings(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 4, L, D) embeddings of each prompt + ", front/side/back/overhead view", and the empty prompt's (L, D)."""
+        texts = [p + VIEW_SUFFIXES[v] for p in prompts for v in VIEWS]
+        tokens, _ = self.text_encoder.encode(texts)
+        if self._uncond is None:  # the empty prompt (clean_prompt refuses it, so it is encoded here, once)
+            ids = self.text_encoder.tokenizer([""], padding="max_length", max_length=self.text_encoder.max_length,
+                                              return_tensors="pt").input_ids.to(self.device)
+            with torch.no_grad():
+                self._uncond = self.text_encoder.model(input_ids=ids).last_hidden_state[0].float()
+        return tokens.view(len(prompts), 4, *tokens.shape[1:]), self._uncond
+
+    # -- SDS ----------------------------------------------------------------------------------------------------
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """One batched UNet call; v-prediction models are converted to epsilon."""
+        with torch.no_grad():
+            out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=embeddings.to(self.dtype)).sample.float()
+        if self.prediction_type == "v_prediction":
+            a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+            out = a.sqrt() * out + (1 - a).sqrt() * x_t.float()
+        return out
+
+    def sds(self, images, prompts, azimuth, elevation, negative_scale=None, generator=None, noise=None,
+            timesteps=None) -> SDSOutput:
+        """SDS loss for sRGB renders (B, 3, H, W) of ``prompts`` seen from (azimuth, elevation) (degrees).
+
+        ``negative_scale`` (B,) multiplies the Perp-Neg weights (adaptive Perp-Neg: w_min + C dw).
+        ``noise``/``timesteps`` may be given (tests); otherwise they are drawn from ``generator``.
+        """
+        b = images.shape[0]
+        x = self.encode_images(images)
+        if timesteps is None:
+            timesteps = torch.randint(self.t_min, self.t_max + 1, (b,), generator=generator)
+        t = timesteps.to(self.device)
+        if noise is None:
+            noise = torch.randn(x.shape, generator=generator)
+        noise = noise.to(self.device, x.dtype)
+        abar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        x_t = abar.sqrt() * x.detach() + (1 - abar).sqrt() * noise
+
+        views, uncond = self.view_embeddings(list(prompts))
+        blend = view_blend(azimuth, elevation)
+        positive = torch.einsum("bv,bvld->bld", blend.positive.to(views), views)
+        uncond = uncond.expand_as(positive)
+        if self.perp_neg == "none":
+            eps = self.predict_noise(torch.cat([x_t] * 2), torch.cat([t] * 2), torch.cat([positive, uncond]))
+            eps_pos, eps_u = eps.chunk(2)
+            eps_hat = eps_u + self.guidance_scale * (eps_pos - eps_u)
+        else:
+            negatives = torch.einsum("bkv,bvld->bkld", blend.negatives.to(views), views)
+            emb = torch.cat([positive, uncond, negatives[:, 0], negatives[:, 1]])
+            eps = self.predict_noise(torch.cat([x_t] * 4), torch.cat([t] * 4), emb)
+            eps_pos, eps_u, eps_n0, eps_n1 = eps.chunk(4)
+            weights = blend.negative_weights.to(self.device)
+            if self.perp_neg == "adaptive" and negative_scale is not None:
+                weights = weights * torch.as_tensor(negative_scale, dtype=torch.float32, device=self.device)[:, None]
+            eps_hat = perp_neg_guidance(eps_u, eps_pos, torch.stack([eps_n0, eps_n1], dim=1), weights,
+                                        self.guidance_scale)
+        grad = torch.nan_to_num((1 - abar) * (eps_hat - noise))
+        target = (x - grad).detach()
+        loss = 0.5 * F.mse_loss(x.float(), target.float(), reduction="sum") / b
+        return SDSOutput(loss, timesteps, float(grad.norm() / b))

@@ -1,0 +1,85 @@
+"""Prompt sets and their train / held-out splits (paper notes section 4).
+
+- ``animals``: "a {species} sitting {item} and wearing {gadget} and wearing a {hat}", 10 x 7 x 5 x 9 = 3 150
+  prompts (a null slot drops its clause); seeded random 60/40 split, as the paper.
+- ``portraits``: "{figure} wearing a {hat} is {expression}", 10 x 4 x 10 = 400 prompts; 60/40.
+- ``file``: one prompt per line (Daily Life, or any user set); blank lines and lines starting with # skipped.
+- more sets (the toy world's) plug in with ``register_prompt_set``.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Callable
+
+SPECIES = ["wolf", "dog", "panda", "fox", "civet", "cat", "red panda", "teddy bear", "rabbit", "koala"]
+ITEMS = ["in a bathtub", "on a stone", "on books", "on a table", "on the lawn", "in a basket", None]
+GADGETS = ["a tie", "a cape", "sunglasses", "a scarf", None]
+HATS = ["beret", "beanie", "cowboy hat", "straw hat", "baseball cap", "tophat", "party hat", "sombrero", None]
+
+FIGURES = ["a white man", "a white woman", "a boy", "a girl", "an elderly man", "an elderly woman", "a black woman",
+           "a black man", "Obama", "Kobe"]
+PORTRAIT_HATS = ["Santa hat", "peaked cap", "steampunk hat", "crown"]
+EXPRESSIONS = ["laughing", "crying", "grinning", "singing", "shouting", "looking ahead with a very serious expression",
+               "opening mouth wide in shock", "angry", "talking", "feeling sad"]
+
+
+def animals() -> list[str]:
+    prompts = []
+    for species in SPECIES:
+        for item in ITEMS:
+            for gadget in GADGETS:
+                for hat in HATS:
+                    text = f"a {species}" + (f" sitting {item}" if item else "")
+                    clauses = ([f"wearing {gadget}"] if gadget else []) + ([f"wearing a {hat}"] if hat else [])
+                    if clauses:
+                        text += (" and " if item else " ") + " and ".join(clauses)
+                    prompts.append(text)
+    return prompts
+
+
+def portraits() -> list[str]:
+    return [f"{f} wearing a {h} is {e}" for f in FIGURES for h in PORTRAIT_HATS for e in EXPRESSIONS]
+
+
+def from_file(path) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file {path} does not exist")
+    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    prompts = list(dict.fromkeys(p for p in prompts if p and not p.startswith("#")))
+    if not prompts:
+        raise ValueError(f"prompt file {path} holds no prompts (one per line)")
+    return prompts
+
+
+def split(prompts: list[str], train_fraction: float = 0.6, seed: int = 0) -> tuple[list[str], list[str]]:
+    """A seeded random split: (train, held out)."""
+    order = list(prompts)
+    random.Random(seed).shuffle(order)
+    cut = round(train_fraction * len(order))
+    return order[:cut], order[cut:]
+
+
+_REGISTRY: dict[str, Callable[..., tuple[list[str], list[str]]]] = {}
+
+
+def register_prompt_set(name: str, make: Callable[..., tuple[list[str], list[str]]]) -> None:
+    """Add a set: ``make(**options)`` returns (train prompts, held-out prompts)."""
+    _REGISTRY[name] = make
+
+
+register_prompt_set("animals", lambda train_fraction=0.6, seed=0, **_: split(animals(), train_fraction, seed))
+register_prompt_set("portraits", lambda train_fraction=0.6, seed=0, **_: split(portraits(), train_fraction, seed))
+register_prompt_set("file", lambda file="", train_fraction=1.0, seed=0, **_: split(from_file(file), train_fraction,
+                                                                                     seed))
+
+
+def load_prompt_set(name: str, **options) -> tuple[list[str], list[str]]:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown prompt set {name!r}; known: {sorted(_REGISTRY)}")
+    train, held_out = _REGISTRY[name](**options)
+    if not train:
+        raise ValueError(f"prompt set {name!r} has no training prompts")
+    return train, held_out

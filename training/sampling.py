@@ -1,0 +1,67 @@
+"""What each training step draws at random: cameras, backgrounds, shading and light; and the alpha schedule.
+
+Camera ranges follow the paper (radius [3.0, 3.6], fov [70, 80] deg, polar angle [25, 110] deg, i.e. elevation
+[-20, 65] deg, uniform azimuth) scaled to the model's box by the config; azimuth 0 = front (DESIGN.md section 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from instant3d.cameras import Cameras, orbit_cameras
+
+
+@dataclass
+class CameraRanges:
+    radius: tuple[float, float] = (3.0, 3.6)
+    fov_deg: tuple[float, float] = (35.0, 45.0)
+    elevation_deg: tuple[float, float] = (-20.0, 65.0)  # polar angle 110 .. 25 deg
+    front_bias: float = 0.0  # extra probability of an azimuth within +-45 deg of the front
+
+
+@dataclass
+class ViewBatch:
+    cameras: Cameras
+    azimuth: torch.Tensor  # (B,) degrees in [0, 360)
+    elevation: torch.Tensor  # (B,) degrees
+    background: torch.Tensor  # (B, 3) linear colours
+    shading: str  # one mode per step, as DreamFusion
+    light_dirs: torch.Tensor  # (B, 3) unit vectors
+
+
+def _uniform(lo_hi, n, gen):
+    lo, hi = lo_hi
+    return lo + (hi - lo) * torch.rand(n, generator=gen)
+
+
+def sample_views(n: int, ranges: CameraRanges, shading_probs: dict[str, float], gen: torch.Generator,
+                 device="cpu") -> ViewBatch:
+    """n random cameras looking at the origin, random solid backgrounds, a shading mode and light directions."""
+    azimuth = 360 * torch.rand(n, generator=gen)
+    if ranges.front_bias > 0:
+        front = torch.rand(n, generator=gen) < ranges.front_bias
+        azimuth = torch.where(front, torch.remainder(90 * torch.rand(n, generator=gen) - 45, 360), azimuth)
+    elevation = _uniform(ranges.elevation_deg, n, gen)
+    radius = _uniform(ranges.radius, n, gen)
+    fov = _uniform(ranges.fov_deg, n, gen)
+    cameras = orbit_cameras(azimuth, elevation, radius, fov, device=device)
+    background = torch.rand(n, 3, generator=gen)
+    modes, probs = zip(*sorted(shading_probs.items()))
+    mode = modes[int(torch.multinomial(torch.tensor(probs, dtype=torch.float), 1, generator=gen))]
+    # light near the camera, as the official code does: normalize(camera position + N(0, I))
+    light = F.normalize(cameras.position.cpu() + torch.randn(n, 3, generator=gen), dim=-1)
+    return ViewBatch(cameras, azimuth, elevation, background.to(device), mode, light.to(device))
+
+
+def alpha_schedule(step: int, start: float = 0.5, begin: int = 0, end: int = 1000) -> float:
+    """Scaled-sigmoid alpha: ``start`` until ``begin``, linear to exactly 1 at ``end``, 1 afterwards."""
+    if not 0 < start <= 1:
+        raise ValueError(f"the scaled-sigmoid alpha must start in (0, 1], got {start}")
+    if step >= end:
+        return 1.0
+    if step <= begin:
+        return start
+    return start + (1.0 - start) * (step - begin) / (end - begin)

@@ -1,0 +1,377 @@
+"""The Instant3D trainer: SDS + CLIP loss + (adaptive) Perp-Neg + scaled-sigmoid annealing, amortised over a
+prompt set; one process or many (``torchrun``, DistributedDataParallel).
+
+Every step: a batch of prompts (each rank draws from its own shard), fresh style noise z, one random camera,
+background and shading mode per prompt; the generator makes triplanes, the renderer makes images (64^2 by
+default), and the losses come from the diffusion prior (SDS) and CLIP. Checkpoints are the engine's format plus
+the trainer's state (safetensors + JSON, never pickles), written atomically; a crashed run resumes from the
+newest readable checkpoint. A step whose loss or gradients are not finite is skipped and counted; too many in a
+row stop the run with a message, leaving the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from instant3d.cameras import generate_rays
+from instant3d.checkpoint import CheckpointError, load_model, save_checkpoint
+from instant3d.color import linear_to_srgb
+from instant3d.config import preset_config
+from instant3d.model import Instant3DModel
+from instant3d.pipeline import Instant3DOutput, style_noise
+from instant3d.renderer import render_rays
+
+from .clip_model import CLIPScorer
+from .config import TrainConfig
+from .guidance import DiffusionGuidance
+from .perpneg import SeverityCache, adaptive_scale
+from .prompt_sets import load_prompt_set
+from .sampling import CameraRanges, alpha_schedule, sample_views
+
+log = logging.getLogger("instant3d.train")
+STATE_TENSORS = "trainer_state.safetensors"
+STATE_JSON = "trainer_state.json"
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+class TrainingStopped(RuntimeError):
+    """The run cannot go on (e.g. repeated non-finite losses); the message says why and what was kept."""
+
+
+class GenerateAndRender(nn.Module):
+    """What DistributedDataParallel wraps: prompts' embeddings + noise + rays -> rendered colours (linear)."""
+
+    def __init__(self, model: Instant3DModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens, pooled, z, origins, dirs, render_options: dict):
+        planes = self.model(tokens, pooled, z)
+        out = render_rays(self.model.field, planes, origins, dirs, perturb=True, **render_options)
+        return out.color, out.opacity
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_pref: str) -> tuple[Distributed, torch.device]:
+    """torchrun's environment -> a process group (NCCL on GPUs, gloo on CPUs) and this process's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    info = Distributed(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if device_pref == "auto":
+        device_pref = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(f"cuda:{info.local_rank}" if device_pref == "cuda" else device_pref)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cpu":
+            torch.set_num_threads(max(1, (os.cpu_count() or 2) // world))
+    return info, device
+
+
+def checkpoint_folders(folder: Path) -> list[Path]:
+    """step-N folders, newest first."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.dist, self.device = setup_distributed(cfg.run.device)
+        self.out = Path(cfg.run.output_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        if cfg.smoke.enabled:
+            self._prepare_smoke_models()
+        torch.manual_seed(cfg.run.seed + self.dist.rank)
+        self.guidance = DiffusionGuidance.from_folder(
+            cfg.prior.folder, self.device, guidance_scale=cfg.prior.guidance_scale,
+            t_range=(cfg.prior.t_min, cfg.prior.t_max), perp_neg=cfg.prior.perp_neg,
+            half_precision=cfg.prior.half_precision,
+        )
+        self.text_encoder = self.guidance.text_encoder  # the generator is conditioned on the prior's text encoder
+        needs_clip = cfg.clip.weight > 0 or cfg.prior.perp_neg == "adaptive"
+        if needs_clip and not cfg.clip.folder:
+            raise ValueError("clip.folder is empty, but the CLIP loss (clip.weight > 0) or adaptive Perp-Neg needs a "
+                             "CLIP model: set clip.folder, or clip.weight=0 and prior.perp_neg=\"fixed\"")
+        self.clip = CLIPScorer.from_folder(cfg.clip.folder, self.device) if needs_clip else None
+        self.train_prompts, self.held_out = load_prompt_set(
+            cfg.prompts.set, file=cfg.prompts.file, train_fraction=cfg.prompts.train_fraction,
+            seed=cfg.prompts.split_seed,
+        )
+        self.shard = self.train_prompts[self.dist.rank :: self.dist.world] or self.train_prompts
+        self.model = self._build_model().to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
+        self.ema = None
+        if cfg.optim.ema_decay > 0:
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay))
+        self.severity = SeverityCache()
+        self.step, self.bad_steps_total = 0, 0
+        self._resume()
+        wrapped = GenerateAndRender(self.model)
+        self.net = DistributedDataParallel(wrapped) if self.dist.world > 1 else wrapped
+        self.ranges = CameraRanges(tuple(cfg.render.radius), tuple(cfg.render.fov), tuple(cfg.render.elevation),
+                                   cfg.render.front_bias)
+        self.writer = None
+
+    # -- set-up -------------------------------------------------------------------------------------------------
+    def _prepare_smoke_models(self) -> None:
+        from .random_priors import save_random_clip, save_random_prior
+
+        root = self.out / "smoke-models"
+        if self.dist.main and not (root / "ready").exists():
+            save_random_prior(root / "prior")
+            save_random_clip(root / "clip")
+            (root / "ready").write_text("ok")
+        if self.dist.world > 1:
+            dist.barrier()
+        self.cfg.prior.folder, self.cfg.clip.folder = str(root / "prior"), str(root / "clip")
+
+    def _build_model(self) -> Instant3DModel:
+        cfg = self.cfg
+        if cfg.model.init_checkpoint:
+            model, _ = load_model(cfg.model.init_checkpoint, "cpu")
+            return model.train().requires_grad_(True)
+        torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+        config = preset_config(cfg.model.preset, num_tokens=self.text_encoder.max_length,
+                               token_dim=self.text_encoder.token_dim,
+                               pooled_dim=int(self.text_encoder.model.config.hidden_size))
+        return Instant3DModel(config).train()
+
+    # -- checkpoints --------------------------------------------------------------------------------------------
+    def _state_files(self) -> dict[str, bytes]:
+        tensors, scalars = {}, {}
+        opt = self.optimizer.state_dict()
+        for index, state in opt["state"].items():
+            for key, value in state.items():
+                if torch.is_tensor(value):
+                    tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
+                else:
+                    scalars[f"{index}.{key}"] = value
+        if self.ema is not None:  # model.safetensors holds the EMA weights; keep the raw ones here
+            for name, value in self.model.state_dict().items():
+                tensors[f"raw.{name}"] = value.detach().cpu().contiguous()
+            tensors["ema.n_averaged"] = self.ema.n_averaged.detach().cpu()
+        prompts, severity = self.severity.state()
+        tensors.update({f"severity.{k}": v.contiguous() for k, v in severity.items()})
+        groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in opt["param_groups"]]
+        meta = {
+            "step": self.step, "bad_steps_total": self.bad_steps_total, "param_groups": groups,
+            "optimizer_scalars": scalars, "severity_prompts": prompts, "world_size": self.dist.world,
+            "views_per_prompt": self.views_per_prompt(), "config": self.cfg.to_dict(),
+        }
+        return {STATE_TENSORS: save_safetensors(tensors), STATE_JSON: json.dumps(meta, indent=2).encode()}
+
+    def save(self) -> Path | None:
+        """Write checkpoints/step-N atomically (rank 0) and keep the newest ``keep_checkpoints``."""
+        if not self.dist.main:
+            return None
+        folder = self.ckpt_dir / f"step-{self.step:07d}"
+        model = self.ema.module if self.ema is not None else self.model
+        prior = os.path.relpath(Path(self.cfg.prior.folder).resolve(), folder.resolve())
+        save_checkpoint(model, folder, text_encoder_path=prior, extra_files=self._state_files(),
+                        extra={"training": {"step": self.step, "views_per_prompt": self.views_per_prompt(),
+                                            "prompt_set": self.cfg.prompts.set, "prompt_file": self.cfg.prompts.file,
+                                            "train_fraction": self.cfg.prompts.train_fraction,
+                                            "split_seed": self.cfg.prompts.split_seed}})
+        for old in checkpoint_folders(self.ckpt_dir)[self.cfg.run.keep_checkpoints :]:
+            shutil.rmtree(old, ignore_errors=True)
+        return folder
+
+    def _resume(self) -> None:
+        for folder in checkpoint_folders(self.ckpt_dir):
+            try:
+                saved, _ = load_model(folder, "cpu")
+                meta = json.loads((folder / STATE_JSON).read_text())
+                tensors = load_safetensors((folder / STATE_TENSORS).read_bytes())
+            except (CheckpointError, SafetensorError, OSError, json.JSONDecodeError) as exc:
+                log.warning("checkpoint %s is unreadable (%s); trying the one before it", folder, exc)
+                continue
+            raw = {k[4:]: v for k, v in tensors.items() if k.startswith("raw.")}
+            self.model.load_state_dict(raw or saved.state_dict())
+            if self.ema is not None:
+                self.ema.module.load_state_dict(saved.state_dict())
+                self.ema.n_averaged.copy_(tensors.get("ema.n_averaged", torch.tensor(meta["step"])))
+            state: dict = {}
+            for key, value in tensors.items():
+                if key.startswith("optimizer."):
+                    _, index, name = key.split(".", 2)
+                    state.setdefault(int(index), {})[name] = value
+            for key, value in meta["optimizer_scalars"].items():
+                index, name = key.split(".", 1)
+                state.setdefault(int(index), {})[name] = value
+            self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+            if meta["severity_prompts"]:
+                self.severity.load(meta["severity_prompts"],
+                                   {k[9:]: v for k, v in tensors.items() if k.startswith("severity.")})
+            self.step, self.bad_steps_total = int(meta["step"]), int(meta["bad_steps_total"])
+            log.info("resumed from %s at step %d", folder, self.step)
+            return
+
+    # -- the step -----------------------------------------------------------------------------------------------
+    def views_per_prompt(self) -> float:
+        """Views-PP (paper Eq. 13): rendered views so far / training prompts."""
+        o = self.cfg.optim
+        return self.step * o.batch_size * o.grad_accum * self.dist.world / len(self.train_prompts)
+
+    def compute_loss(self, gen: torch.Generator, alpha: float):
+        cfg, b = self.cfg, self.cfg.optim.batch_size
+        prompts = [self.shard[int(i)] for i in torch.randint(len(self.shard), (b,), generator=gen)]
+        tokens, pooled = self.text_encoder.encode(prompts)
+        z = torch.randn(b, self.model.config.generator.z_dim, generator=gen).to(self.device)
+        views = sample_views(b, self.ranges, cfg.render.shading, gen, self.device)
+        origins, dirs = generate_rays(views.cameras, cfg.render.resolution)
+        options = dict(num_samples=cfg.render.samples, num_importance=cfg.render.importance,
+                       background=views.background, generator=gen, alpha=alpha, shading=views.shading,
+                       light_dirs=views.light_dirs, ambient=cfg.render.ambient)
+        color, opacity = self.net(tokens, pooled, z, origins.reshape(b, -1, 3), dirs.reshape(b, -1, 3), options)
+        res = cfg.render.resolution
+        images = linear_to_srgb(color).view(b, res, res, 3).permute(0, 3, 1, 2)  # priors see sRGB images
+        stats = {"opacity": float(opacity.detach().mean()), "shading": views.shading}
+        negative_scale, clip_loss = None, torch.zeros((), device=self.device)
+        if self.clip is not None:
+            features = self.clip.image_features(images if cfg.clip.weight > 0 else images.detach())
+            if cfg.prior.perp_neg == "adaptive":
+                angles = torch.stack([views.azimuth, views.elevation], dim=-1)
+                c = self.severity.update(prompts, features, angles)
+                negative_scale = adaptive_scale(c, cfg.prior.w_min, cfg.prior.w_delta)
+                stats["severity"] = c
+            if cfg.clip.weight > 0:
+                clip_loss = self.clip.loss(features, prompts)
+        sds = self.guidance.sds(images, prompts, views.azimuth, views.elevation, negative_scale, gen)
+        loss = sds.loss + cfg.clip.weight * clip_loss
+        stats.update(sds=float(sds.loss.detach()), clip=float(clip_loss.detach()), sds_grad=sds.grad_norm)
+        return loss, stats
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        ok = bool(torch.isfinite(loss)) and all(
+            bool(torch.isfinite(p.grad).all()) for p in self.model.parameters() if p.grad is not None
+        )
+        if self.dist.world > 1:  # every rank must take the same decision
+            flag = torch.tensor([1.0 if ok else 0.0], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            ok = bool(flag.item() > 0)
+        return ok
+
+    # -- the loop -----------------------------------------------------------------------------------------------
+    def train(self) -> Path | None:
+        cfg = self.cfg
+        from tqdm import tqdm
+
+        if self.dist.main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out / "tensorboard"))
+        bar = tqdm(total=cfg.optim.steps, initial=self.step, disable=not self.dist.main, desc="train")
+        consecutive_bad, last_saved = 0, None
+        while self.step < cfg.optim.steps:
+            start = time.perf_counter()
+            # per-rank, per-step seeds: a resumed run does not replay the same batches
+            gen = torch.Generator().manual_seed((cfg.run.seed * 1_000_003 + self.step) * 64 + self.dist.rank)
+            alpha = alpha_schedule(self.step, cfg.optim.alpha_start, cfg.optim.alpha_begin, cfg.optim.alpha_end)
+            self.optimizer.zero_grad(set_to_none=True)
+            total = torch.zeros((), device=self.device)
+            for micro in range(cfg.optim.grad_accum):
+                sync = micro == cfg.optim.grad_accum - 1 or self.dist.world == 1
+                with contextlib.nullcontext() if sync else self.net.no_sync():
+                    loss, stats = self.compute_loss(gen, alpha)
+                    (loss / cfg.optim.grad_accum).backward()
+                total = total + loss.detach() / cfg.optim.grad_accum
+            if not self._all_finite(total):
+                consecutive_bad += 1
+                self.bad_steps_total += 1
+                self.optimizer.zero_grad(set_to_none=True)
+                log.warning("step %d: non-finite loss or gradients, step skipped (%d in a row)", self.step,
+                            consecutive_bad)
+                if consecutive_bad >= cfg.optim.max_bad_steps:
+                    kept = checkpoint_folders(self.ckpt_dir)
+                    raise TrainingStopped(
+                        f"{consecutive_bad} steps in a row had a non-finite loss or gradients (step {self.step}); "
+                        f"stopping. The last good checkpoint is {kept[0] if kept else 'none (none was written)'}. "
+                        "Lower optim.lr or prior.guidance_scale and resume."
+                    )
+                continue
+            consecutive_bad = 0
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            self.step += 1
+            bar.update(1)
+            self._log(float(total), stats, alpha, time.perf_counter() - start)
+            if self.step % cfg.run.checkpoint_every == 0 or self.step == cfg.optim.steps:
+                last_saved = self.save()
+            if self.dist.main and (self.step % cfg.run.validate_every == 0 or self.step == cfg.optim.steps):
+                self.validate()
+        bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self.dist.world > 1:
+            dist.barrier()
+        return last_saved
+
+    def _log(self, loss: float, stats: dict, alpha: float, seconds: float) -> None:
+        if not self.dist.main or self.step % self.cfg.run.log_every:
+            return
+        w, s = self.writer, self.step
+        w.add_scalar("loss/total", loss, s)
+        w.add_scalar("loss/sds", stats["sds"], s)
+        w.add_scalar("loss/clip", stats["clip"], s)
+        w.add_scalar("sds/grad_norm", stats["sds_grad"], s)
+        w.add_scalar("render/opacity", stats["opacity"], s)
+        w.add_scalar("alpha", alpha, s)
+        w.add_scalar("time/step_seconds", seconds, s)
+        w.add_scalar("skipped_steps", self.bad_steps_total, s)
+        w.add_scalar("views_per_prompt", self.views_per_prompt(), s)
+        if "severity" in stats:
+            w.add_scalar("perp_neg/severity_mean", float(stats["severity"].mean()), s)
+            w.add_histogram("perp_neg/severity", stats["severity"], s)
+
+    @torch.no_grad()
+    def validate(self) -> list[Path]:
+        """Orbit videos of the validation prompts with the current (EMA) weights."""
+        model = (self.ema.module if self.ema is not None else self.model).eval()
+        folder = self.out / "validation" / f"step-{self.step:07d}"
+        paths = []
+        for i, prompt in enumerate(self.cfg.prompts.validation):
+            tokens, pooled = self.text_encoder.encode(prompt)
+            planes = model(tokens, pooled, style_noise(0, model.config.generator.z_dim).to(self.device))
+            out = Instant3DOutput(prompt, 0, planes, model, [], {}, None)
+            paths.append(out.orbit_video(folder / f"{i:02d}.mp4", frames=self.cfg.run.validation_frames,
+                                         size=self.cfg.run.validation_size))
+            if self.writer is not None:
+                front = torch.from_numpy(out.render(0, 15, size=self.cfg.run.validation_size))
+                self.writer.add_image(f"validation/{i:02d}", front.permute(2, 0, 1), self.step)
+        if paths:
+            (folder / "prompts.txt").write_text("\n".join(self.cfg.prompts.validation) + "\n")
+        model.train()
+        return paths

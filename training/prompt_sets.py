@@ -77,6 +77,8 @@ register_prompt_set("file", lambda file="", train_fraction=1.0, seed=0, **_: spl
 
 
 def load_prompt_set(name: str, **options) -> tuple[list[str], list[str]]:
+    if name == "toyworld" and name not in _REGISTRY:
+        import training.toyworld  # noqa: F401  (registers itself)
     if name not in _REGISTRY:
         raise ValueError(f"unknown prompt set {name!r}; known: {sorted(_REGISTRY)}")
     train, held_out = _REGISTRY[name](**options)

@@ -1,0 +1,78 @@
+"""The toy world: grammar, split, exact ground truth, renders."""
+
+import numpy as np
+import pytest
+import torch
+
+from instant3d.cameras import orbit_cameras
+from training.prompt_sets import load_prompt_set
+from training.toyworld import all_prompts, prompt_split, scene_for_prompt
+from training.toyworld.render import render_scene
+from training.toyworld.scenes import COLOURS, sd_box, sd_cone, sd_cylinder, sd_pyramid, sd_sphere, sd_torus
+
+
+def test_grammar_covers_every_prompt_and_refuses_others():
+    prompts = all_prompts()
+    assert len(prompts) == len(set(prompts)) == 750
+    kinds = {"single": 0, "stack": 0, "front": 0}
+    for p in prompts:
+        s = scene_for_prompt(p)
+        kinds["stack" if " on top of " in p else "front" if s.front_facing else "single"] += 1
+    assert kinds == {"single": 180, "stack": 540, "front": 30}
+    assert len({p.split()[1] for p in prompts if p.split()[1] in COLOURS}) >= 8
+    with pytest.raises(ValueError, match="not a toy-world prompt"):
+        scene_for_prompt("a dragon")
+
+
+def test_split_is_seeded_and_held_out_words_are_all_seen():
+    train, held = prompt_split()
+    assert (len(train), len(held)) == (450, 300) and not set(train) & set(held)
+    assert prompt_split() == (train, held) and prompt_split(seed=1)[0] != train
+    seen = {w for p in train for w in p.split()}
+    assert {w for p in held for w in p.split()} <= seen
+    assert any(scene_for_prompt(p).front_facing for p in held)
+    assert load_prompt_set("toyworld") == (train, held)
+
+
+@pytest.mark.parametrize("name, sdf, inside", [
+    ("box", lambda p: sd_box(p, (0.3, 0.2, 0.1)), lambda p: (p.abs() <= torch.tensor([0.3, 0.2, 0.1])).all(-1)),
+    ("sphere", lambda p: sd_sphere(p, 0.4), lambda p: p.norm(dim=-1) <= 0.4),
+    ("cylinder", lambda p: sd_cylinder(p, 0.3, 0.2),
+     lambda p: (p[:, [0, 2]].norm(dim=-1) <= 0.3) & (p[:, 1].abs() <= 0.2)),
+    ("cone", lambda p: sd_cone(p, 0.4, 0.8),
+     lambda p: (p[:, 1] >= -0.4) & (p[:, [0, 2]].norm(dim=-1) <= 0.4 * (0.4 - p[:, 1]) / 0.8)),
+    ("torus", lambda p: sd_torus(p, 0.4, 0.1),
+     lambda p: (p[:, [0, 2]].norm(dim=-1) - 0.4) ** 2 + p[:, 1] ** 2 <= 0.01),
+    ("pyramid", lambda p: sd_pyramid(p, 0.4, 0.6),
+     lambda p: (p[:, 1] >= -0.3) & (torch.maximum(p[:, 0].abs(), p[:, 2].abs()) <= 0.4 * (0.3 - p[:, 1]) / 0.6)),
+])
+def test_signed_distances_have_the_exact_sign_and_never_overestimate(name, sdf, inside):
+    p = torch.rand(20000, 3, dtype=torch.float64) * 1.2 - 0.6
+    d = sdf(p)
+    assert torch.equal(d < 0, inside(p) & (d != 0)) or ((d < 0) != inside(p)).sum() <= 2  # boundary ties
+    # a lower bound on the distance: no point within |d| of p is on the other side (checked on random offsets)
+    q = p + torch.nn.functional.normalize(torch.randn_like(p), dim=-1) * d.abs()[:, None] * 0.999
+    assert torch.equal(sdf(q) < 0, d < 0) or ((sdf(q) < 0) != (d < 0)).float().mean() < 1e-3
+
+
+def test_front_features_face_plus_z_and_are_seen_from_azimuth_0():
+    s = scene_for_prompt("a white snowman with a carrot nose")
+    nose_tip = torch.tensor([[0.0, 0.3, 0.5]])
+    assert s.occupancy(nose_tip).item() and np.allclose(s.albedo(nose_tip)[0].numpy(), (0.95, 0.45, 0.05))
+    assert not s.occupancy(torch.tensor([[0.0, 0.3, -0.5]])).item()  # no nose at the back
+    cams = orbit_cameras([0, 180], [10, 10], 3.2, 40)
+    img, mask = render_scene(s, cams, 64, torch.zeros(2, 3))
+    orange = (img[..., 0] > 0.6) & (img[..., 2] < 0.1)
+    assert orange[0].sum() > 5 and orange[1].sum() == 0
+
+
+def test_render_colours_backgrounds_and_coverage():
+    s = scene_for_prompt("a large blue sphere")
+    cams = orbit_cameras([0, 90], [0, 30], 3.2, 40)
+    bg = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    img, mask = render_scene(s, cams, 32, bg)
+    assert torch.allclose(img[0, 16, 16], torch.tensor(COLOURS["blue"]), atol=1e-4)  # albedo at the centre
+    assert torch.allclose(img[0, 0, 0], bg[0]) and torch.allclose(img[1, 0, 0], bg[1])
+    # coverage matches the sphere's projected disc (radius 0.65 at distance 3.2, fov 40 deg)
+    expected = np.pi * (np.tan(np.arcsin(0.65 / 3.2)) / np.tan(np.radians(20)) * 16) ** 2
+    assert mask[0].sum().item() == pytest.approx(expected, rel=0.05)

@@ -76,3 +76,29 @@ def test_render_colours_backgrounds_and_coverage():
     # coverage matches the sphere's projected disc (radius 0.65 at distance 3.2, fov 40 deg)
     expected = np.pi * (np.tan(np.arcsin(0.65 / 3.2)) / np.tan(np.radians(20)) * 16) ** 2
     assert mask[0].sum().item() == pytest.approx(expected, rel=0.05)
+
+
+def test_tiny_recipe_world_to_priors_to_sds(tmp_path):
+    """World -> small CLIP -> diffusion prior on its text tower -> loaded by the SDS guidance like Stable Diffusion."""
+    from training.guidance import DiffusionGuidance
+    from training.toyworld import clip_train, prior_train
+
+    clip_dir, prior_dir = tmp_path / "clip", tmp_path / "prior"
+    assert clip_train.main(["--out", str(clip_dir), "--work", str(tmp_path / "w1"), "--steps", "3", "--batch", "16",
+                            "--hidden", "32", "--layers", "1", "--image-size", "32", "--views", "1",
+                            "--save-every", "2"]) == 0
+    assert (clip_dir / "model.safetensors").exists() and "retrieval" in (clip_dir / "TRAINING.md").read_text()
+    assert prior_train.main(["--clip", str(clip_dir), "--out", str(prior_dir), "--work", str(tmp_path / "w2"),
+                             "--steps", "2", "--batch", "4", "--views", "1", "--size", "16", "--save-every", "2"]) == 0
+    guidance = DiffusionGuidance.from_folder(prior_dir, perp_neg="adaptive")
+    assert guidance.vae is None and guidance.input_size == 16
+    assert guidance.text_encoder.max_length == 32  # the small preset's token count
+    images = torch.rand(2, 3, 48, 48, requires_grad=True)
+    out = guidance.sds(images, ["a red cube", "a white snowman with a carrot nose"], [0, 180], [10, 10],
+                       negative_scale=torch.tensor([0.5, 2.0]), generator=torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+    # resuming continues the step count
+    assert prior_train.main(["--clip", str(clip_dir), "--out", str(prior_dir), "--work", str(tmp_path / "w2"),
+                             "--steps", "3", "--batch", "4", "--views", "1", "--size", "16", "--save-every", "1"]) == 0
+    assert "step 3" in (prior_dir / "TRAINING.md").read_text()

@@ -15,6 +15,12 @@ class ModelSection:
 
 
 @dataclass
+class ObjectiveSection:
+    mode: str = "sds"  # sds | supervised (photometric loss against ground-truth renders: toy world only)
+    mask_weight: float = 0.1  # supervised: weight of the coverage (opacity vs ground-truth mask) term
+
+
+@dataclass
 class PriorSection:
     folder: str = ""  # Stable Diffusion-style folder: unet/ scheduler/ text_encoder/ tokenizer/ [vae/]
     guidance_scale: float = 100.0
@@ -89,6 +95,7 @@ class SmokeSection:
 @dataclass
 class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
+    objective: ObjectiveSection = field(default_factory=ObjectiveSection)
     prior: PriorSection = field(default_factory=PriorSection)
     clip: ClipSection = field(default_factory=ClipSection)
     prompts: PromptSection = field(default_factory=PromptSection)

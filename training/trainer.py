@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
@@ -30,7 +31,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from instant3d.cameras import generate_rays
+from instant3d.cameras import Cameras, generate_rays
 from instant3d.checkpoint import CheckpointError, load_model, save_checkpoint
 from instant3d.color import linear_to_srgb
 from instant3d.config import preset_config
@@ -44,6 +45,7 @@ from .guidance import DiffusionGuidance
 from .perpneg import SeverityCache, adaptive_scale
 from .prompt_sets import load_prompt_set
 from .sampling import CameraRanges, alpha_schedule, sample_views
+from .state import load_optimizer_state, optimizer_state
 
 log = logging.getLogger("instant3d.train")
 STATE_TENSORS = "trainer_state.safetensors"
@@ -120,7 +122,10 @@ class Trainer:
             half_precision=cfg.prior.half_precision,
         )
         self.text_encoder = self.guidance.text_encoder  # the generator is conditioned on the prior's text encoder
-        needs_clip = cfg.clip.weight > 0 or cfg.prior.perp_neg == "adaptive"
+        if cfg.objective.mode not in ("sds", "supervised"):
+            raise ValueError(f"objective.mode must be 'sds' or 'supervised', got {cfg.objective.mode!r}")
+        self.supervised = cfg.objective.mode == "supervised"
+        needs_clip = not self.supervised and (cfg.clip.weight > 0 or cfg.prior.perp_neg == "adaptive")
         if needs_clip and not cfg.clip.folder:
             raise ValueError("clip.folder is empty, but the CLIP loss (clip.weight > 0) or adaptive Perp-Neg needs a "
                              "CLIP model: set clip.folder, or clip.weight=0 and prior.perp_neg=\"fixed\"")
@@ -170,24 +175,16 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------------------------
     def _state_files(self) -> dict[str, bytes]:
-        tensors, scalars = {}, {}
-        opt = self.optimizer.state_dict()
-        for index, state in opt["state"].items():
-            for key, value in state.items():
-                if torch.is_tensor(value):
-                    tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
-                else:
-                    scalars[f"{index}.{key}"] = value
+        tensors, opt_meta = optimizer_state(self.optimizer)
         if self.ema is not None:  # model.safetensors holds the EMA weights; keep the raw ones here
             for name, value in self.model.state_dict().items():
                 tensors[f"raw.{name}"] = value.detach().cpu().contiguous()
             tensors["ema.n_averaged"] = self.ema.n_averaged.detach().cpu()
         prompts, severity = self.severity.state()
         tensors.update({f"severity.{k}": v.contiguous() for k, v in severity.items()})
-        groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in opt["param_groups"]]
         meta = {
-            "step": self.step, "bad_steps_total": self.bad_steps_total, "param_groups": groups,
-            "optimizer_scalars": scalars, "severity_prompts": prompts, "world_size": self.dist.world,
+            "step": self.step, "bad_steps_total": self.bad_steps_total, "optimizer": opt_meta,
+            "severity_prompts": prompts, "world_size": self.dist.world,
             "views_per_prompt": self.views_per_prompt(), "config": self.cfg.to_dict(),
         }
         return {STATE_TENSORS: save_safetensors(tensors), STATE_JSON: json.dumps(meta, indent=2).encode()}
@@ -222,15 +219,7 @@ class Trainer:
             if self.ema is not None:
                 self.ema.module.load_state_dict(saved.state_dict())
                 self.ema.n_averaged.copy_(tensors.get("ema.n_averaged", torch.tensor(meta["step"])))
-            state: dict = {}
-            for key, value in tensors.items():
-                if key.startswith("optimizer."):
-                    _, index, name = key.split(".", 2)
-                    state.setdefault(int(index), {})[name] = value
-            for key, value in meta["optimizer_scalars"].items():
-                index, name = key.split(".", 1)
-                state.setdefault(int(index), {})[name] = value
-            self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+            load_optimizer_state(self.optimizer, tensors, meta["optimizer"])
             if meta["severity_prompts"]:
                 self.severity.load(meta["severity_prompts"],
                                    {k[9:]: v for k, v in tensors.items() if k.startswith("severity.")})
@@ -258,6 +247,8 @@ class Trainer:
         res = cfg.render.resolution
         images = linear_to_srgb(color).view(b, res, res, 3).permute(0, 3, 1, 2)  # priors see sRGB images
         stats = {"opacity": float(opacity.detach().mean()), "shading": views.shading}
+        if self.supervised:
+            return self._photometric_loss(prompts, views, images, opacity.view(b, res, res), stats)
         negative_scale, clip_loss = None, torch.zeros((), device=self.device)
         if self.clip is not None:
             features = self.clip.image_features(images if cfg.clip.weight > 0 else images.detach())
@@ -271,6 +262,26 @@ class Trainer:
         sds = self.guidance.sds(images, prompts, views.azimuth, views.elevation, negative_scale, gen)
         loss = sds.loss + cfg.clip.weight * clip_loss
         stats.update(sds=float(sds.loss.detach()), clip=float(clip_loss.detach()), sds_grad=sds.grad_norm)
+        return loss, stats
+
+    def _photometric_loss(self, prompts, views, images, opacity, stats):
+        """The upper bound: the same renders compared with sphere-traced ground truth of the same views."""
+        from training.toyworld.render import render_scene
+        from training.toyworld.scenes import scene_for_prompt
+
+        res = self.cfg.render.resolution
+        targets, masks = [], []
+        for i, prompt in enumerate(prompts):
+            cams = Cameras(views.cameras.rotation[i : i + 1].cpu(), views.cameras.position[i : i + 1].cpu(),
+                           views.cameras.fov_deg[i : i + 1].cpu())
+            img, mask = render_scene(scene_for_prompt(prompt), cams, res, views.background[i : i + 1].cpu(),
+                                     views.shading, views.light_dirs[i : i + 1].cpu(), self.cfg.render.ambient)
+            targets.append(img)
+            masks.append(mask)
+        target = linear_to_srgb(torch.cat(targets)).permute(0, 3, 1, 2).to(self.device)
+        loss = F.mse_loss(images, target) + self.cfg.objective.mask_weight * F.mse_loss(
+            opacity, torch.cat(masks).to(self.device))
+        stats.update(sds=float(loss.detach()), clip=0.0, sds_grad=0.0)
         return loss, stats
 
     def _all_finite(self, loss: torch.Tensor) -> bool:

@@ -1,0 +1,179 @@
+"""Train a small CLIP (text + image towers, its own BPE tokenizer) on renders of the toy world.
+
+    python -m training.toyworld.clip_train --out assets/priors/toy-clip [--steps 3000] [--seed 0]
+    python -m training.toyworld.clip_train --out assets/priors/eval-clip --seed 7 --hidden 96 --layers 3   # evaluation CLIP
+
+The result is a standard transformers ``CLIPModel`` folder with a ``CLIPTokenizer``: the generator's text encoder
+(its text tower: 32 tokens x 128 dims, the ``small`` preset's shape), the CLIP loss and adaptive Perp-Neg's image
+features. Captions are the prompts, half the time with ", front/side/back/overhead view" (SDS asks the text tower
+about those). Re-running the command resumes from ``--work``/state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from instant3d.text_encoder import quiet_transformers
+
+from ..clip_model import CLIP_MEAN, CLIP_STD
+from ..perpneg import VIEW_SUFFIXES
+from ..state import load_run_state, save_run_state
+from .dataset import cached_set, view_label
+from .scenes import all_prompts
+
+log = logging.getLogger("instant3d.toyworld.clip")
+SPLIT_PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+
+
+def train_tokenizer(corpus: list[str], max_length: int = 32, vocab_size: int = 1000):
+    """A byte-level BPE trained on the corpus with CLIP's normaliser and pre-tokeniser, as a ``CLIPTokenizer``."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import CLIPTokenizer
+
+    tok = Tokenizer(models.BPE(end_of_word_suffix="</w>", continuing_subword_prefix="", unk_token="<|endoftext|>"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
+                                           normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=1, end_of_word_suffix="</w>",
+                                  special_tokens=["<|startoftext|>", "<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus, trainer)
+    model = json.loads(tok.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return CLIPTokenizer(vocab=model["vocab"], merges=merges, model_max_length=max_length)
+
+
+def build_clip(tokenizer, hidden: int, layers: int, image_size: int, patch: int, max_length: int, seed: int):
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(seed)
+    heads = max(1, hidden // 32)
+    text = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden,
+                num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=max_length,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id)
+    vision = dict(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+                  num_attention_heads=heads, image_size=image_size, patch_size=patch)
+    return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=hidden))
+
+
+def pixel_values(images_uint8: torch.Tensor) -> torch.Tensor:
+    x = images_uint8.permute(0, 3, 1, 2).float() / 255
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def retrieval_accuracy(model, tokenizer, data, prompts: list[str], max_length: int, limit: int = 2000) -> float:
+    """Share of (non-textureless) images whose best-scoring prompt among all prompts is the true one."""
+    model.eval()
+    with torch.no_grad():
+        ids = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        text = F.normalize(_features(model.get_text_features(input_ids=ids)), dim=-1)
+        keep = (~data.textureless).nonzero().squeeze(-1)[:limit]
+        hits = 0
+        for start in range(0, len(keep), 256):
+            idx = keep[start : start + 256]
+            img = F.normalize(_features(model.get_image_features(pixel_values=pixel_values(data.images[idx]))), dim=-1)
+            hits += int(((img @ text.T).argmax(-1) == data.prompt_index[idx]).sum())
+    model.train()
+    return hits / max(1, len(keep))
+
+
+def _features(out):
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="where the CLIPModel folder is written")
+    parser.add_argument("--work", default=None, help="data cache and resume state (default: runs/<out name>)")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--patch", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=32)
+    parser.add_argument("--views", type=int, default=48, help="rendered views per prompt")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-every", type=int, default=250)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    out, work = Path(args.out), Path(args.work or f"runs/{Path(args.out).name}")
+    work.mkdir(parents=True, exist_ok=True)
+    prompts = all_prompts()  # the priors know the whole world, as a real CLIP would
+    start = time.time()
+    data = cached_set(work / f"train-{args.image_size}-{args.views}-s{args.seed}.safetensors", prompts, args.views,
+                      args.image_size, seed=1000 + args.seed)
+    test = cached_set(work / f"test-{args.image_size}-s{args.seed}.safetensors", prompts, 4, args.image_size,
+                      seed=2000 + args.seed)
+    log.info("data: %d training images, %d test images (%.0f s)", len(data.images), len(test.images),
+             time.time() - start)
+    corpus = [p + suffix for p in prompts for suffix in ["", *VIEW_SUFFIXES.values()]]
+    tokenizer = train_tokenizer(corpus, args.max_length)
+    model = build_clip(tokenizer, args.hidden, args.layers, args.image_size, args.patch, args.max_length, args.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
+    state = load_run_state(work / "state", {"model": model}, optimizer)
+    step = state["step"] if state else 0
+    if state:
+        log.info("resumed at step %d", step)
+    gen = torch.Generator().manual_seed(args.seed * 7919 + step)
+    n_prompts = len(prompts)
+    by_prompt = [torch.nonzero(data.prompt_index == k).squeeze(-1) for k in range(n_prompts)]
+    model.train()
+    while step < args.steps:
+        lr = args.lr * min(1.0, (step + 1) / 200) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        chosen = torch.randperm(n_prompts, generator=gen)[: args.batch]  # distinct prompts: clean negatives
+        idx = torch.stack([by_prompt[k][torch.randint(len(by_prompt[k]), (1,), generator=gen)][0] for k in chosen])
+        with_view = torch.rand(len(idx), generator=gen) < 0.5
+        captions = [prompts[int(data.prompt_index[i])] + (
+            f", {view_label(float(data.azimuth[i]), float(data.elevation[i]))} view" if v else "")
+            for i, v in zip(idx, with_view)]
+        ids = tokenizer(captions, padding="max_length", max_length=args.max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        text = F.normalize(_features(model.get_text_features(input_ids=ids)), dim=-1)
+        image = F.normalize(_features(model.get_image_features(pixel_values=pixel_values(data.images[idx]))), dim=-1)
+        logits = model.logit_scale.exp().clamp(max=100) * image @ text.T
+        target = torch.arange(len(idx))
+        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        if step % 50 == 0:
+            log.info("step %d loss %.4f lr %.2e scale %.1f", step, loss.item(), lr, model.logit_scale.exp().item())
+        if step % args.save_every == 0 or step == args.steps:
+            save_run_state(work / "state", {"model": model}, optimizer, step)
+            acc = retrieval_accuracy(model, tokenizer, test, prompts, args.max_length)
+            log.info("step %d: top-1 retrieval among %d prompts on held-out renders: %.3f", step, n_prompts, acc)
+    acc = retrieval_accuracy(model, tokenizer, test, prompts, args.max_length, limit=10_000)
+    with quiet_transformers():
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    (out / "TRAINING.md").write_text(
+        f"Trained by `python -m training.toyworld.clip_train --out {out} --steps {args.steps} --seed {args.seed} "
+        f"--hidden {args.hidden} --layers {args.layers}` ({args.views} renders per prompt at {args.image_size}^2).\n"
+        f"Top-1 retrieval among all {n_prompts} prompts on held-out renders (textureless excluded): {acc:.3f}\n")
+    log.info("wrote %s; held-out top-1 retrieval %.3f", out, acc)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

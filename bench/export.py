@@ -49,7 +49,8 @@ def main() -> None:
     for name, results in runs.items():
         total = statistics.median(r.total_seconds for r in results)
         bold = "**" if name == "glb" else ""
-        print(f"| {bold}total, {name}{bold} | {bold}{total:.2f} s{bold}{' (budget <= 1.5 s)' if name == 'glb' else ''} |")
+        budget = " (budget <= 1.5 s)" if name == "glb" else ""
+        print(f"| {bold}total, {name}{bold} | {bold}{total:.2f} s{bold}{budget} |")
 
 
 if __name__ == "__main__":

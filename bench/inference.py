@@ -63,7 +63,8 @@ def main() -> None:
 
     for name in ("tiny", "small", "paper"):
         n = Instant3DModel(preset_config(name)).num_parameters()
-        rows.append((f"parameters, `{name}` preset", f"{n / 1e6:.2f} M", "paper notes: ~270 M" if name == "paper" else ""))
+        note = "paper notes: ~270 M" if name == "paper" else ""
+        rows.append((f"parameters, `{name}` preset", f"{n / 1e6:.2f} M", note))
 
     # prompt -> triplane, small preset, with a CLIP text tower of the toy world's size (128 wide, 4 layers, 32 tokens)
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,7 +90,8 @@ def main() -> None:
     field = model.field
     start = time.perf_counter()
     planes = fit_triplane(field, snowman(), cfg.generator.triplane_resolution, steps=300)
-    rows.append(("(fit a snowman triplane for the renders below)", f"{time.perf_counter() - start:.1f} s", "setup only"))
+    fit_seconds = time.perf_counter() - start
+    rows.append(("(fit a snowman triplane for the renders below)", f"{fit_seconds:.1f} s", "setup only"))
     field.requires_grad_(False)
     render = cfg.render
 
@@ -101,7 +103,7 @@ def main() -> None:
     frame_times = []
     for az in azimuths:
         cams = orbit_cameras(az, 15, render.camera_radius, render.fov_deg)
-        frame_times.append(timed(lambda: volume.render(cams, 256), 1)[0])
+        frame_times.append(timed(lambda cams=cams: volume.render(cams, 256), 1)[0])
     t_frame = statistics.median(frame_times)
     rows.append(("**one 256^2 preview frame**", f"**{1e3 * t_frame:.0f} ms**",
                  f"budget <= 60 ms; max over 24 views {1e3 * max(frame_times):.0f} ms"))
@@ -109,7 +111,7 @@ def main() -> None:
     psnrs, t_full = [], []
     for az, el in [(0, 15), (120, 30), (240, -10)]:
         cams = orbit_cameras(az, el, render.camera_radius, render.fov_deg)
-        t, full = timed(lambda: render_views(field, planes, cams, 256, num_samples=render.num_samples,
+        t, full = timed(lambda cams=cams: render_views(field, planes, cams, 256, num_samples=render.num_samples,
                                              num_importance=render.num_importance).color, 1, warmup=0)
         t_full.append(t)
         fast = volume.render(cams, 256)

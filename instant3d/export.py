@@ -62,9 +62,11 @@ class ExportOptions:
 
     def __post_init__(self) -> None:
         if not isinstance(self.resolution, (int, np.integer)) or not 16 <= self.resolution <= MAX_RESOLUTION:
-            raise ExportError(f"grid resolution must be a whole number from 16 to {MAX_RESOLUTION}, got {self.resolution!r}")
+            raise ExportError(f"grid resolution must be a whole number from 16 to {MAX_RESOLUTION}, "
+                              f"got {self.resolution!r}")
         if not isinstance(self.texture_size, (int, np.integer)) or not 64 <= self.texture_size <= MAX_TEXTURE:
-            raise ExportError(f"texture size must be a whole number from 64 to {MAX_TEXTURE}, got {self.texture_size!r}")
+            raise ExportError(f"texture size must be a whole number from 64 to {MAX_TEXTURE}, "
+                              f"got {self.texture_size!r}")
         if not isinstance(self.target_faces, (int, np.integer)) or not 100 <= self.target_faces <= MAX_FACES:
             raise ExportError(f"target faces must be a whole number from 100 to {MAX_FACES}, got {self.target_faces!r}")
         if isinstance(self.threshold, str):

@@ -113,7 +113,7 @@ class BakedVolume:
         dt = step * 2 * self.bound / self.resolution
         k = torch.arange(samples_per_round, device=origins.device, dtype=torch.float32) * dt
         while state.shape[0] > 0:
-            o, d, t, t1 = state[:, 0:3], state[:, 3:6], state[:, 6], state[:, 7]
+            o, d, t = state[:, 0:3], state[:, 3:6], state[:, 6]
             free = self.distance_to_occupied(o + d * t[:, None])
             march = free < dt  # the rest jump ahead by their distance bound (sphere tracing) this round
             state[:, 6] += torch.where(march, torch.zeros_like(free), free)

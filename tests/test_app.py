@@ -123,7 +123,7 @@ def test_bad_export_settings_are_a_user_error(service):
 
 
 def test_request_folders_are_bounded(service):
-    for i in range(service.keep_requests + 5):
+    for _ in range(service.keep_requests + 5):
         service._request_folder()
     assert len(list(service.output_root.iterdir())) <= service.keep_requests
 

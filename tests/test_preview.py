@@ -1,7 +1,6 @@
 import math
 
 import torch
-import torch.nn.functional as F
 
 from instant3d.cameras import orbit_cameras
 from instant3d.config import FieldConfig

@@ -86,10 +86,11 @@ def test_tiny_recipe_world_to_priors_to_sds(tmp_path):
     clip_dir, prior_dir = tmp_path / "clip", tmp_path / "prior"
     assert clip_train.main(["--out", str(clip_dir), "--work", str(tmp_path / "w1"), "--steps", "3", "--batch", "16",
                             "--hidden", "32", "--layers", "1", "--image-size", "32", "--views", "1",
-                            "--save-every", "2"]) == 0
+                            "--test-views", "1", "--max-prompts", "40", "--save-every", "2"]) == 0
     assert (clip_dir / "model.safetensors").exists() and "retrieval" in (clip_dir / "TRAINING.md").read_text()
     assert prior_train.main(["--clip", str(clip_dir), "--out", str(prior_dir), "--work", str(tmp_path / "w2"),
-                             "--steps", "2", "--batch", "4", "--views", "1", "--size", "16", "--save-every", "2"]) == 0
+                             "--steps", "2", "--batch", "4", "--views", "1", "--size", "16", "--save-every", "2",
+                             "--max-prompts", "40"]) == 0
     guidance = DiffusionGuidance.from_folder(prior_dir, perp_neg="adaptive")
     assert guidance.vae is None and guidance.input_size == 16
     assert guidance.text_encoder.max_length == 32  # the small preset's token count
@@ -100,5 +101,6 @@ def test_tiny_recipe_world_to_priors_to_sds(tmp_path):
     assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
     # resuming continues the step count
     assert prior_train.main(["--clip", str(clip_dir), "--out", str(prior_dir), "--work", str(tmp_path / "w2"),
-                             "--steps", "3", "--batch", "4", "--views", "1", "--size", "16", "--save-every", "1"]) == 0
+                             "--steps", "3", "--batch", "4", "--views", "1", "--size", "16", "--save-every", "1",
+                             "--max-prompts", "40"]) == 0
     assert "step 3" in (prior_dir / "TRAINING.md").read_text()

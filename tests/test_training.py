@@ -184,7 +184,8 @@ def test_prompt_sets_and_splits():
     a, p = animals(), portraits()
     assert len(a) == len(set(a)) == 3150 and len(p) == len(set(p)) == 400
     for example in ["a cat sitting on books and wearing sunglasses and wearing a cowboy hat",
-                    "a fox sitting in a bathtub and wearing a straw hat", "a wolf wearing a scarf and wearing a party hat",
+                    "a fox sitting in a bathtub and wearing a straw hat",
+                    "a wolf wearing a scarf and wearing a party hat",
                     "a rabbit sitting in a basket and wearing a tie"]:
         assert example in a
     assert "Kobe wearing a crown is crying" in p

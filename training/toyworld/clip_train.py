@@ -1,7 +1,8 @@
 """Train a small CLIP (text + image towers, its own BPE tokenizer) on renders of the toy world.
 
     python -m training.toyworld.clip_train --out assets/priors/toy-clip [--steps 3000] [--seed 0]
-    python -m training.toyworld.clip_train --out assets/priors/eval-clip --seed 7 --hidden 96 --layers 3   # evaluation CLIP
+    python -m training.toyworld.clip_train --out assets/priors/eval-clip --seed 7 --hidden 96 --layers 3
+        (the evaluation CLIP: another seed and size)
 
 The result is a standard transformers ``CLIPModel`` folder with a ``CLIPTokenizer``: the generator's text encoder
 (its text tower: 32 tokens x 128 dims, the ``small`` preset's shape), the CLIP loss and adaptive Perp-Neg's image
@@ -27,7 +28,7 @@ from ..clip_model import CLIP_MEAN, CLIP_STD
 from ..perpneg import VIEW_SUFFIXES
 from ..state import load_run_state, save_run_state
 from .dataset import cached_set, view_label
-from .scenes import all_prompts
+from .scenes import all_prompts, spread_subset
 
 log = logging.getLogger("instant3d.toyworld.clip")
 SPLIT_PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
@@ -109,17 +110,21 @@ def main(argv=None) -> int:
     parser.add_argument("--patch", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=32)
     parser.add_argument("--views", type=int, default=48, help="rendered views per prompt")
+    parser.add_argument("--test-views", type=int, default=4, help="held-out renders per prompt for the accuracy")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-prompts", type=int, default=0, help="train on an even subset (tests, quick trials)")
     parser.add_argument("--save-every", type=int, default=250)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out, work = Path(args.out), Path(args.work or f"runs/{Path(args.out).name}")
     work.mkdir(parents=True, exist_ok=True)
-    prompts = all_prompts()  # the priors know the whole world, as a real CLIP would
+    prompts = spread_subset(all_prompts(), args.max_prompts)  # priors know the whole world, as a real CLIP would
     start = time.time()
-    data = cached_set(work / f"train-{args.image_size}-{args.views}-s{args.seed}.safetensors", prompts, args.views,
+    tag = f"s{args.seed}-n{len(prompts)}"
+    data = cached_set(work / f"train-{args.image_size}-{args.views}-{tag}.safetensors", prompts, args.views,
                       args.image_size, seed=1000 + args.seed)
-    test = cached_set(work / f"test-{args.image_size}-s{args.seed}.safetensors", prompts, 4, args.image_size,
+    test = cached_set(work / f"test-{args.image_size}-{args.test_views}-{tag}.safetensors", prompts,
+                      args.test_views, args.image_size,
                       seed=2000 + args.seed)
     log.info("data: %d training images, %d test images (%.0f s)", len(data.images), len(test.images),
              time.time() - start)

@@ -30,8 +30,8 @@ from instant3d.text_encoder import TextEncoder, quiet_transformers
 
 from ..clip_model import CLIPScorer
 from ..state import load_run_state, save_run_state
-from .dataset import cached_set, view_label
-from .scenes import all_prompts
+from .dataset import cached_set
+from .scenes import all_prompts, spread_subset
 
 log = logging.getLogger("instant3d.toyworld.prior")
 
@@ -132,20 +132,21 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-prompts", type=int, default=0, help="train on an even subset (tests, quick trials)")
     parser.add_argument("--eval-clip", default=None, help="CLIP used to score samples (default: --clip)")
     parser.add_argument("--evaluate-only", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out, work, clip_folder = Path(args.out), Path(args.work or f"runs/{Path(args.out).name}"), Path(args.clip)
-    prompts = all_prompts()
+    prompts = spread_subset(all_prompts(), args.max_prompts)
     if args.evaluate_only:
         acc, _ = sample_r_precision(out, Path(args.eval_clip or clip_folder), prompts)
         print(f"R-precision of {len(prompts)} front-view samples (DDIM 50, CFG 5): {acc:.3f}")
         return 0
     work.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    data = cached_set(work / f"train-{args.size}-{args.views}-s{args.seed}.safetensors", prompts, args.views,
-                      args.size, seed=3000 + args.seed)
+    data = cached_set(work / f"train-{args.size}-{args.views}-s{args.seed}-n{len(prompts)}.safetensors", prompts,
+                      args.views, args.size, seed=3000 + args.seed)
     log.info("data: %d images (%.0f s)", len(data.images), time.time() - start)
     encoder = TextEncoder.from_folder(clip_folder)
     captions = data.captions(with_view=True)

@@ -191,9 +191,18 @@ def all_prompts() -> list[str]:
     singles = [f"a {size + ' ' if size else ''}{c} {s}" for size in SIZES for c in COLOURS for s in SHAPES]
     stacks = [f"a {c1} {s1} on top of a {c2} {s2}" for c1 in STACK_COLOURS for s1 in SHAPES
               for c2 in STACK_COLOURS if c2 != c1 for s2 in STACK_BASES]
-    fronts = ([f"a {c} snowman with a carrot nose" for c in COLOURS] + [f"a {c} duck with an orange beak" for c in COLOURS]
+    fronts = ([f"a {c} snowman with a carrot nose" for c in COLOURS]
+              + [f"a {c} duck with an orange beak" for c in COLOURS]
               + [f"a {c} house with a door" for c in COLOURS])
     return singles + stacks + fronts
+
+
+def spread_subset(prompts: list[str], count: int) -> list[str]:
+    """``count`` prompts spread evenly over the list (all kinds represented); all of them when count <= 0."""
+    if count <= 0 or count >= len(prompts):
+        return list(prompts)
+    step = len(prompts) / count
+    return [prompts[int(i * step)] for i in range(count)]
 
 
 def prompt_split(train_fraction: float = 0.6, seed: int = 0) -> tuple[list[str], list[str]]:

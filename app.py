@@ -21,7 +21,7 @@ from pathlib import Path  # noqa: E402
 import gradio as gr  # noqa: E402
 
 from instant3d.export import MAX_RESOLUTION, ExportOptions  # noqa: E402
-from instant3d.pipeline import ASSETS, MAX_SEED, Instant3DPipeline  # noqa: E402
+from instant3d.pipeline import ASSETS, MAX_SEED, Instant3DPipeline, bundled_checkpoints  # noqa: E402
 from instant3d.service import Instant3DService, UserError, format_timings, random_seed  # noqa: E402
 
 EXAMPLES_FILE = ASSETS / "examples.txt"
@@ -44,14 +44,14 @@ def build_app(service: Instant3DService, model_concurrency: int = 1, export_defa
     ``export_defaults`` overrides the export settings the page starts with."""
     defaults = {**DEFAULT_EXPORT, **(export_defaults or {})}
 
-    def generate(prompt, seed, settings, progress=gr.Progress()):
+    def generate(prompt, seed, settings, model, progress=gr.Progress()):
         try:
-            result = service.generate(prompt, seed, settings, progress=progress)
+            result = service.generate(prompt, seed, settings, progress=progress, model=model)
         except UserError as exc:
             raise gr.Error(str(exc)) from None
         for note in result.notes:
             gr.Warning(note)
-        current = {"prompt": result.prompt, "seed": result.seed}
+        current = {"prompt": result.prompt, "seed": result.seed, "model": result.model}
         timings = format_timings(result.timings, result.notes + result.info)
         glb = str(result.glb) if result.glb else None
         obj_zip = str(result.obj_zip) if result.obj_zip else None
@@ -59,14 +59,16 @@ def build_app(service: Instant3DService, model_concurrency: int = 1, export_defa
 
     def render_view(azimuth, elevation, current):
         try:
-            return service.render_view(current.get("prompt", ""), current.get("seed", 0), azimuth, elevation)
+            return service.render_view(current.get("prompt", ""), current.get("seed", 0), azimuth, elevation,
+                                       current.get("model"))
         except UserError as exc:
             raise gr.Error(str(exc)) from None
 
     def reexport(current, settings, progress=gr.Progress()):
         progress(0.1, desc="mesh export")
         try:
-            glb, obj_zip, timings, notes = service.reexport(current.get("prompt", ""), current.get("seed", 0), settings)
+            glb, obj_zip, timings, notes = service.reexport(current.get("prompt", ""), current.get("seed", 0), settings,
+                                                            current.get("model"))
         except UserError as exc:
             raise gr.Error(str(exc)) from None
         return str(glb), str(glb), str(obj_zip), format_timings(timings, notes)
@@ -78,6 +80,7 @@ def build_app(service: Instant3DService, model_concurrency: int = 1, export_defa
     with gr.Blocks(title="instant3d") as app:
         current = gr.State({"prompt": "", "seed": 0})
         settings = gr.State(dict(defaults))
+        chosen_model = gr.State(service.default_model)
         gr.Markdown("## instant3d: text to 3D in one forward pass\nType a prompt and press **Generate**. "
                     "Drag the sliders to turn the object; download the GLB or the OBJ zip.")
         with gr.Row():
@@ -87,6 +90,9 @@ def build_app(service: Instant3DService, model_concurrency: int = 1, export_defa
                 with gr.Row():
                     seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
                     dice = gr.Button("Random seed", size="sm")
+                models = service.model_names()
+                model = gr.Dropdown(models, value=service.default_model, label="Model", visible=len(models) > 1,
+                                    elem_id="model")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
                 gr.Examples(load_examples(), inputs=[prompt], cache_examples=False, label="Examples")
                 with gr.Accordion("Export settings", open=False):
@@ -116,11 +122,13 @@ def build_app(service: Instant3DService, model_concurrency: int = 1, export_defa
         export_inputs = [resolution, threshold, target_faces, texture_size]
         for widget in export_inputs:
             widget.change(update_settings, export_inputs, settings, api_visibility="private", queue=False)
+        model.change(lambda name: name, model, chosen_model, api_visibility="private", queue=False)
         dice.click(random_seed, None, seed, api_visibility="private", queue=False)
         outputs = [video, model3d, glb_file, obj_file, timings, view, current, azimuth, elevation]
         model_queue = dict(concurrency_id="model", concurrency_limit=model_concurrency)
-        run.click(generate, [prompt, seed, settings], outputs, api_name="generate", **model_queue)
-        prompt.submit(generate, [prompt, seed, settings], outputs, api_visibility="private", **model_queue)
+        run.click(generate, [prompt, seed, settings, chosen_model], outputs, api_name="generate", **model_queue)
+        prompt.submit(generate, [prompt, seed, settings, chosen_model], outputs, api_visibility="private",
+                      **model_queue)
         view_queue = dict(show_progress="hidden", trigger_mode="always_last", concurrency_id="view",
                           concurrency_limit=2)
         azimuth.input(render_view, [azimuth, elevation, current], view, api_name="render_view", **view_queue)
@@ -145,14 +153,16 @@ def parse_args(argv=None):
 
 
 def make_service(args) -> Instant3DService:
+    """The default model (--checkpoint, the bundled default, or random weights) plus every bundled checkpoint."""
     if args.random_weights:
         from instant3d.random_models import random_small_pipeline
 
-        pipeline = random_small_pipeline(args.device or "cpu")
+        pipeline, name = random_small_pipeline(args.device or "cpu"), "random-weights"
     else:
         pipeline = Instant3DPipeline.from_pretrained(args.checkpoint, device=args.device)
+        name = pipeline.source.name
     output = args.output_dir or Path(tempfile.mkdtemp(prefix="instant3d-app-"))
-    return Instant3DService(pipeline, output)
+    return Instant3DService(pipeline, output, name=name, alternatives=bundled_checkpoints())
 
 
 def main(argv=None) -> None:

@@ -29,6 +29,13 @@ MAX_RENDER_SIZE = 1024
 MAX_FRAMES = 720
 
 
+def bundled_checkpoints() -> dict[str, Path]:
+    """Checkpoint folders in assets/checkpoints (name -> folder)."""
+    if not CHECKPOINTS.is_dir():
+        return {}
+    return {p.name: p for p in sorted(CHECKPOINTS.iterdir()) if (p / "config.json").is_file()}
+
+
 def default_checkpoint() -> Path:
     """The bundled default checkpoint folder, or a CheckpointError saying why there is none."""
     if not DEFAULT_POINTER.is_file():

@@ -42,6 +42,7 @@ class GenerationResult:
     timings: dict[str, float]  # seconds per stage
     notes: list[str] = field(default_factory=list)  # warnings for the user (truncation, clamped seed, ...)
     info: list[str] = field(default_factory=list)  # facts worth showing quietly (mesh size, chosen threshold)
+    model: str = "default"  # which model made it
 
 
 def check_prompt(prompt) -> tuple[str, list[str]]:
@@ -84,11 +85,16 @@ def format_timings(timings: dict[str, float], notes: list[str] | None = None) ->
 
 
 class Instant3DService:
-    """One pipeline behind the app, its outputs on disk, and the work of each app event."""
+    """The models behind the app (a default pipeline, others loaded on first use), its outputs on disk, and the
+    work of each app event."""
 
     def __init__(self, pipeline: Instant3DPipeline, output_root: Path, video_frames: int = 48, video_size: int = 256,
-                 elevation: float = 15.0, keep_requests: int = 64):
-        self.pipeline = pipeline
+                 elevation: float = 15.0, keep_requests: int = 64, name: str = "default",
+                 alternatives: dict[str, Path] | None = None):
+        self.default_model = name
+        self._pipelines = {name: pipeline}
+        self._sources = {k: Path(v) for k, v in (alternatives or {}).items() if k != name}
+        self._load_lock = threading.Lock()
         self.output_root = Path(output_root)
         self.output_root.mkdir(parents=True, exist_ok=True)
         self.video_frames, self.video_size, self.elevation = video_frames, video_size, elevation
@@ -97,6 +103,25 @@ class Instant3DService:
         self._lock = threading.Lock()
         self._requests: list[Path] = []
         self._results: OrderedDict[tuple, GenerationResult] = OrderedDict()
+
+    # -- models ---------------------------------------------------------------------------------------------
+    @property
+    def pipeline(self) -> Instant3DPipeline:
+        return self._pipelines[self.default_model]
+
+    def model_names(self) -> list[str]:
+        return [self.default_model, *sorted(self._sources)]
+
+    def pipeline_for(self, model: str | None = None) -> Instant3DPipeline:
+        """The named model's pipeline, loaded (once) on first use, on the default pipeline's device."""
+        model = model or self.default_model
+        with self._load_lock:
+            if model not in self._pipelines:
+                if model not in self._sources:
+                    raise UserError(f"Unknown model {model!r}; choose one of {', '.join(self.model_names())}.")
+                self._pipelines[model] = Instant3DPipeline.from_pretrained(self._sources[model],
+                                                                           device=self.pipeline.device)
+        return self._pipelines[model]
 
     # -- files ---------------------------------------------------------------------------------------------
     def _request_folder(self) -> Path:
@@ -123,25 +148,28 @@ class Instant3DService:
         self.pipeline.cache.clear()
 
     # -- events --------------------------------------------------------------------------------------------
-    def output_for(self, prompt: str, seed: int) -> Instant3DOutput:
+    def output_for(self, prompt: str, seed: int, model: str | None = None) -> Instant3DOutput:
         """The object for (prompt, seed): from the pipeline's cache, or regenerated (milliseconds)."""
-        return self.pipeline(prompt, seed=seed)
+        return self.pipeline_for(model)(prompt, seed=seed)
 
-    def generate(self, prompt, seed, export_options: dict | None = None, progress=None) -> GenerationResult:
+    def generate(self, prompt, seed, export_options: dict | None = None, progress=None,
+                 model: str | None = None) -> GenerationResult:
         """Prompt -> triplane -> orbit video + GLB + OBJ zip + a front view."""
         report = progress or (lambda *a, **k: None)
         text, notes = check_prompt(prompt)
         seed, seed_notes = check_seed(seed)
         notes += seed_notes
         options = self._export_options(export_options)
-        key = (text, seed, tuple(sorted(options.items())))
+        model = model or self.default_model
+        pipeline = self.pipeline_for(model)
+        key = (model, text, seed, tuple(sorted(options.items())))
         cached = self._cached_result(key)
         if cached is not None:
             report(1.0, desc="done (cached)")
             return cached
         report(0.05, desc="text -> triplane")
         start = time.perf_counter()
-        out = self.pipeline(text, seed=seed)
+        out = pipeline(text, seed=seed)
         timings = {"triplane": time.perf_counter() - start}
         notes += out.notes
         folder = self._request_folder()
@@ -160,7 +188,7 @@ class Instant3DService:
             info = []
             notes.append(f"{exc} Change it under 'Export settings' and press 'Re-export'.")
         report(1.0, desc="done")
-        result = GenerationResult(text, seed, video, glb, obj_zip, preview, timings, notes, info)
+        result = GenerationResult(text, seed, video, glb, obj_zip, preview, timings, notes, info, model)
         with self._lock:
             self._results[key] = result
             while len(self._results) > max(1, self.keep_requests // 2):
@@ -178,21 +206,22 @@ class Instant3DService:
                 return None
             self._results.move_to_end(key)
         return GenerationResult(result.prompt, result.seed, result.video, result.glb, result.obj_zip,
-                                result.preview, {"cached": 0.0}, list(result.notes), list(result.info))
+                                result.preview, {"cached": 0.0}, list(result.notes), list(result.info), result.model)
 
-    def render_view(self, prompt: str, seed: int, azimuth: float, elevation: float) -> np.ndarray:
+    def render_view(self, prompt: str, seed: int, azimuth: float, elevation: float,
+                    model: str | None = None) -> np.ndarray:
         """One 256^2 preview of the current object (fast path: the grid baked at generation is reused)."""
         if not prompt:
             raise UserError("Generate an object first, then turn it with the sliders.")
         azimuth, elevation = float(azimuth), float(np.clip(float(elevation), -89.0, 89.0))
-        return self.output_for(prompt, int(seed)).render(azimuth, elevation, size=self.video_size)
+        return self.output_for(prompt, int(seed), model).render(azimuth, elevation, size=self.video_size)
 
-    def reexport(self, prompt: str, seed: int, export_options: dict | None = None):
+    def reexport(self, prompt: str, seed: int, export_options: dict | None = None, model: str | None = None):
         """New GLB + OBJ zip of the current object with other settings, without regenerating it."""
         if not prompt:
             raise UserError("Generate an object first; export settings apply to the current object.")
         options = self._export_options(export_options)
-        out = self.output_for(prompt, int(seed))
+        out = self.output_for(prompt, int(seed), model)
         return self._export(out, self._request_folder(), options)
 
     # -- helpers -------------------------------------------------------------------------------------------

@@ -239,3 +239,33 @@ def test_in_a_real_browser(server, tmp_path):
         finally:
             browser.close()
     assert validate(glb)["issues"]["numErrors"] == 0
+
+
+def test_switching_models(tiny_checkpoint, tmp_path):
+    import torch
+
+    from instant3d.checkpoint import load_model, save_checkpoint
+
+    model, _ = load_model(tiny_checkpoint)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    other = save_checkpoint(model, tmp_path / "other", text_encoder_path=str(tiny_checkpoint / "text_encoder"))
+    pipe = Instant3DPipeline.from_pretrained(tiny_checkpoint, device="cpu")
+    service = Instant3DService(pipe, tmp_path / "out", video_frames=4, video_size=64, name="tiny",
+                               alternatives={"other": other})
+    assert service.model_names() == ["tiny", "other"]
+    a = service.render_view("a red cube", 0, 30, 15, model="tiny")
+    b = service.render_view("a red cube", 0, 30, 15, model="other")
+    assert not np.array_equal(a, b)
+    result = service.generate("a red cube", 0, FAST_EXPORT, model="other")
+    assert result.model == "other" and service.generate("a red cube", 0, FAST_EXPORT).model == "tiny"
+    with pytest.raises(UserError, match="Unknown model 'huge'"):
+        service.generate("a red cube", 0, FAST_EXPORT, model="huge")
+
+    import app as app_module
+
+    blocks = app_module.build_app(service)
+    dropdowns = [c for c in blocks.blocks.values() if getattr(c, "elem_id", None) == "model"]
+    assert dropdowns and dropdowns[0].visible and [c[0] for c in dropdowns[0].choices] == ["tiny", "other"]

@@ -104,3 +104,11 @@ def test_tiny_recipe_world_to_priors_to_sds(tmp_path):
                              "--steps", "3", "--batch", "4", "--views", "1", "--size", "16", "--save-every", "1",
                              "--max-prompts", "40"]) == 0
     assert "step 3" in (prior_dir / "TRAINING.md").read_text()
+    # a fresh checkout has no run state but the committed export: training continues from it
+    import shutil
+
+    shutil.rmtree(tmp_path / "w2" / "state")
+    assert prior_train.main(["--clip", str(clip_dir), "--out", str(prior_dir), "--work", str(tmp_path / "w2"),
+                             "--steps", "4", "--batch", "4", "--views", "1", "--size", "16", "--save-every", "1",
+                             "--max-prompts", "40"]) == 0
+    assert '"step": 4' in (prior_dir / "progress.json").read_text()

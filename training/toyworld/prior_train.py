@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import logging
 import os
 import shutil
@@ -47,8 +48,8 @@ def build_unet(cross_attention_dim: int, size: int = 32):
     )
 
 
-def export_folder(out: Path, unet, scheduler, clip_folder: Path) -> None:
-    """Write the Stable Diffusion-style folder atomically (temp folder, then rename)."""
+def export_folder(out: Path, unet, scheduler, clip_folder: Path, notes: dict[str, str] | None = None) -> None:
+    """Write the Stable Diffusion-style folder (plus ``notes``: file name -> text) atomically."""
     from transformers import AutoTokenizer, CLIPTextModel
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -59,6 +60,8 @@ def export_folder(out: Path, unet, scheduler, clip_folder: Path) -> None:
             scheduler.save_pretrained(tmp / "scheduler")
             CLIPTextModel.from_pretrained(clip_folder, use_safetensors=True).save_pretrained(tmp / "text_encoder")
             AutoTokenizer.from_pretrained(clip_folder).save_pretrained(tmp / "tokenizer")
+        for name, text in (notes or {}).items():
+            (tmp / name).write_text(text)
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         if out.exists():
             os.replace(out, old)
@@ -164,6 +167,16 @@ def main(argv=None) -> int:
     step = state["step"] if state else 0
     if state:
         log.info("resumed at step %d", step)
+    elif (out / "progress.json").is_file():
+        # A fresh checkout has no run state (runs/ is not committed) but has the committed export: continue from
+        # its EMA weights with a fresh optimizer.
+        from diffusers import UNet2DConditionModel
+
+        exported = UNet2DConditionModel.from_pretrained(out / "unet", use_safetensors=True)
+        unet.load_state_dict(exported.state_dict())
+        ema.load_state_dict(exported.state_dict())
+        step = json.loads((out / "progress.json").read_text())["step"]
+        log.info("continuing from the exported weights in %s at step %d (fresh optimizer)", out, step)
     log.info("UNet: %.2f M parameters, %d captions", sum(p.numel() for p in unet.parameters()) / 1e6, len(unique))
     gen = torch.Generator().manual_seed(args.seed * 7919 + step)
     abar = scheduler.alphas_cumprod
@@ -192,10 +205,11 @@ def main(argv=None) -> int:
             timer = time.time()
         if step % args.save_every == 0 or step == args.steps:
             save_run_state(work / "state", {"unet": unet, "ema": ema}, optimizer, step)
-            export_folder(out, ema, scheduler, clip_folder)
-            (out / "TRAINING.md").write_text(
-                f"Trained by `python -m training.toyworld.prior_train --clip {clip_folder} --out {out} "
-                f"--steps {args.steps} --batch {args.batch}`; this export is EMA weights at step {step}.\n")
+            export_folder(out, ema, scheduler, clip_folder, {
+                "progress.json": json.dumps({"step": step, "batch": args.batch}),
+                "TRAINING.md": f"Trained by `python -m training.toyworld.prior_train --clip {clip_folder} --out {out} "
+                               f"--steps {args.steps} --batch {args.batch}`; EMA weights at step {step}.\n",
+            })
             log.info("step %d: exported %s", step, out)
     return 0
 

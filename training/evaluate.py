@@ -9,6 +9,11 @@ the text embeddings of the whole query set (every prompt of the set):
   the probability of the true prompt, averaged over views and prompts (the paper's CLIP-RP);
 - R-precision: how often the true prompt has the highest score.
 Views-PP (iterations x batch / training prompts) is read from the checkpoint.
+
+With ``--toyworld`` it also scores geometry IoU, colour accuracy / error and the Janus rate against the toy
+world's exact ground truth (training/toyworld/metrics.py), on the held-out and the train split, as a table:
+
+    python -m training.evaluate --toyworld --checkpoint assets/checkpoints/toyworld-sds --clip assets/priors/eval-clip
 """
 
 from __future__ import annotations
@@ -56,19 +61,54 @@ def clip_retrieval(pipe: Instant3DPipeline, clip: CLIPScorer, prompts: list[str]
             "prompts": len(prompts), "queries": len(queries), "views_per_prompt_scored": views}
 
 
+def toyworld_report(pipe, clip, prompts: list[str], queries: list[str], views: int = 4, size: int = 64) -> dict:
+    """IoU, colour accuracy / error, Janus rate and CLIP retrieval of ``prompts`` (toy-world prompts)."""
+    from training.toyworld import scene_for_prompt
+    from training.toyworld.metrics import colour_scores, geometry_iou, is_janus
+
+    ious, accuracy, error, janus = [], [], [], []
+    for prompt in prompts:
+        out, scene = pipe(prompt, seed=0), scene_for_prompt(prompt)
+        ious.append(geometry_iou(out, scene))
+        a, e = colour_scores(out, scene)
+        accuracy.append(a)
+        error.append(e)
+        if scene.front_facing:
+            janus.append(is_janus(out, scene, clip))
+        pipe.cache.clear()
+    metrics = clip_retrieval(pipe, clip, prompts, queries, views, size)
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    metrics.update(iou=mean(ious), colour_accuracy=mean(accuracy), colour_error=mean(error),
+                   janus_rate=mean([float(j) for j in janus]), janus_objects=len(janus))
+    return metrics
+
+
+def print_table(rows: list[tuple[str, dict]]) -> None:
+    print("| checkpoint / split | IoU | colour acc. | colour err. | R-precision | retrieval p | Janus rate | prompts |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, m in rows:
+        print(f"| {name} | {m['iou']:.3f} | {m['colour_accuracy']:.3f} | {m['colour_error']:.3f} | "
+              f"{m['r_precision']:.3f} | {m['retrieval_probability']:.3f} | {m['janus_rate']:.2f} "
+              f"({m['janus_objects']}) | {m['prompts']} |")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--clip", required=True, help="evaluation CLIPModel folder")
     parser.add_argument("--set", default=None, help="prompt set (default: the one the checkpoint trained on)")
     parser.add_argument("--file", default="", help="prompt file for --set file")
-    parser.add_argument("--split", choices=["held_out", "train", "all"], default="held_out")
+    parser.add_argument("--split", choices=["held_out", "train", "all"], default=None,
+                        help="default: held_out (both for --toyworld)")
     parser.add_argument("--views", type=int, default=4)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--limit", type=int, default=0, help="evaluate at most this many prompts (0 = all)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--output", default=None, help="also write the metrics to this JSON file")
+    parser.add_argument("--toyworld", action="store_true", help="toy-world report: IoU, colour, Janus, retrieval")
     args = parser.parse_args(argv)
+    if args.toyworld:
+        return toyworld_main(args)
 
     _, meta = read_checkpoint_config(args.checkpoint)
     training = meta.get("training", {})
@@ -79,6 +119,7 @@ def main(argv=None) -> int:
         train_fraction=training.get("train_fraction", 0.6) if same_set else 0.6,
         seed=training.get("split_seed", 0) if same_set else 0,
     )
+    args.split = args.split or "held_out"
     prompts = {"held_out": held_out, "train": train, "all": train + held_out}[args.split]
     if not prompts:
         print(f"error: the {args.split} split of {name!r} is empty", file=sys.stderr)
@@ -93,6 +134,26 @@ def main(argv=None) -> int:
     print(json.dumps(metrics, indent=2))
     if args.output:
         Path(args.output).write_text(json.dumps(metrics, indent=2))
+    return 0
+
+
+def toyworld_main(args) -> int:
+    from training.toyworld import all_prompts, prompt_split
+
+    train, held_out = prompt_split()
+    splits = {"held_out": held_out, "train": train}
+    chosen = list(splits) if args.split in (None, "all") else [args.split]
+    pipe = Instant3DPipeline.from_pretrained(args.checkpoint, device=args.device)
+    clip = CLIPScorer.from_folder(args.clip, pipe.device)
+    rows, report = [], {}
+    for split in chosen:
+        prompts = splits[split][: args.limit] if args.limit else splits[split]
+        metrics = toyworld_report(pipe, clip, prompts, all_prompts(), args.views, min(args.size, 128))
+        rows.append((f"{Path(args.checkpoint).name} / {split}", metrics))
+        report[split] = metrics
+    print_table(rows)
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=2))
     return 0
 
 

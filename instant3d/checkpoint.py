@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -26,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import ConfigError, Instant3DConfig
+from .files import atomic_folder
 from .model import Instant3DModel
 
 CONFIG_NAME = "config.json"
@@ -126,8 +125,7 @@ def save_checkpoint(
         "text_encoder": "text_encoder" if text_encoder is not None else text_encoder_path,
         **(extra or {}),
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -140,23 +138,7 @@ def save_checkpoint(
             if path.is_file():
                 with open(path, "rb") as fh:
                     os.fsync(fh.fileno())
-        _replace_folder(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
-
-
-def _replace_folder(new: Path, target: Path) -> None:
-    """Move ``new`` to ``target``; an existing target is moved aside first and removed only afterwards."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def text_encoder_folder(checkpoint: Path, meta: dict) -> Path:

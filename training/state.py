@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
+
+from instant3d.files import atomic_folder
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer, prefix: str = "optimizer") -> tuple[dict, dict]:
@@ -41,23 +40,12 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict, meta: 
 
 def save_run_state(folder, modules: dict[str, torch.nn.Module], optimizer, step: int, extra: dict | None = None):
     """Atomically write ``folder`` with every module's weights, the optimizer and the step (for resuming)."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     tensors, opt_meta = optimizer_state(optimizer)
     for name, module in modules.items():
         tensors.update({f"{name}::{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()})
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         (tmp / "state.safetensors").write_bytes(save_safetensors(tensors))
         (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": opt_meta, **(extra or {})}))
-        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def load_run_state(folder, modules: dict[str, torch.nn.Module], optimizer) -> dict | None:

@@ -18,15 +18,13 @@ import argparse
 import copy
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from instant3d.files import atomic_folder
 from instant3d.text_encoder import TextEncoder, quiet_transformers
 
 from ..clip_model import CLIPScorer
@@ -52,24 +50,13 @@ def export_folder(out: Path, unet, scheduler, clip_folder: Path, notes: dict[str
     """Write the Stable Diffusion-style folder (plus ``notes``: file name -> text) atomically."""
     from transformers import AutoTokenizer, CLIPTextModel
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        with quiet_transformers():
-            unet.save_pretrained(tmp / "unet")
-            scheduler.save_pretrained(tmp / "scheduler")
-            CLIPTextModel.from_pretrained(clip_folder, use_safetensors=True).save_pretrained(tmp / "text_encoder")
-            AutoTokenizer.from_pretrained(clip_folder).save_pretrained(tmp / "tokenizer")
+    with atomic_folder(out) as tmp, quiet_transformers():
+        unet.save_pretrained(tmp / "unet")
+        scheduler.save_pretrained(tmp / "scheduler")
+        CLIPTextModel.from_pretrained(clip_folder, use_safetensors=True).save_pretrained(tmp / "text_encoder")
+        AutoTokenizer.from_pretrained(clip_folder).save_pretrained(tmp / "tokenizer")
         for name, text in (notes or {}).items():
             (tmp / name).write_text(text)
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 @torch.no_grad()

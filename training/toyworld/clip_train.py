@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -172,9 +173,9 @@ def main(argv=None) -> int:
     with quiet_transformers():
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
+    command = " ".join(["python -m training.toyworld.clip_train", *(argv if argv is not None else sys.argv[1:])])
     (out / "TRAINING.md").write_text(
-        f"Trained by `python -m training.toyworld.clip_train --out {out} --steps {args.steps} --seed {args.seed} "
-        f"--hidden {args.hidden} --layers {args.layers}` ({args.views} renders per prompt at {args.image_size}^2).\n"
+        f"Trained by `{command}` ({args.views} renders per prompt at {args.image_size}^2, batch {args.batch}).\n"
         f"Top-1 retrieval among all {n_prompts} prompts on held-out renders (textureless excluded): {acc:.3f}\n")
     log.info("wrote %s; held-out top-1 retrieval %.3f", out, acc)
     return 0

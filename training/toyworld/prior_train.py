@@ -18,6 +18,7 @@ import argparse
 import copy
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -166,6 +167,7 @@ def main(argv=None) -> int:
         log.info("continuing from the exported weights in %s at step %d (fresh optimizer)", out, step)
     log.info("UNet: %.2f M parameters, %d captions", sum(p.numel() for p in unet.parameters()) / 1e6, len(unique))
     gen = torch.Generator().manual_seed(args.seed * 7919 + step)
+    command = " ".join(["python -m training.toyworld.prior_train", *(argv if argv is not None else sys.argv[1:])])
     abar = scheduler.alphas_cumprod
     timer = time.time()
     while step < args.steps:
@@ -194,8 +196,7 @@ def main(argv=None) -> int:
             save_run_state(work / "state", {"unet": unet, "ema": ema}, optimizer, step)
             export_folder(out, ema, scheduler, clip_folder, {
                 "progress.json": json.dumps({"step": step, "batch": args.batch}),
-                "TRAINING.md": f"Trained by `python -m training.toyworld.prior_train --clip {clip_folder} --out {out} "
-                               f"--steps {args.steps} --batch {args.batch}`; EMA weights at step {step}.\n",
+                "TRAINING.md": f"Trained by `{command}`; EMA weights at step {step}.\n",
             })
             log.info("step %d: exported %s", step, out)
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -43,8 +44,6 @@ def main() -> None:
             cached.append(sum(again.timings.values()))
         views = []
         for az in range(0, 360, 30):
-            import time
-
             start = time.perf_counter()
             service.render_view("a snowman number 0", 0, az, 15)
             views.append(time.perf_counter() - start)

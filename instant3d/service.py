@@ -23,6 +23,7 @@ import numpy as np
 from .export import ExportError, ExportOptions
 from .pipeline import MAX_SEED, Instant3DOutput, Instant3DPipeline
 from .text_encoder import PromptError, clean_prompt
+from .video import write_mp4
 
 MAX_PROMPT_CHARS = 500  # longer prompts are cut (visibly) before they reach the tokenizer
 
@@ -175,10 +176,10 @@ class Instant3DService:
         folder = self._request_folder()
         report(0.2, desc="orbit video")
         start = time.perf_counter()
-        video = out.orbit_video(folder / "orbit.mp4", frames=self.video_frames, size=self.video_size,
-                                elevation=self.elevation)
+        frames = out.orbit_frames(self.video_frames, self.video_size, self.elevation)
+        video = write_mp4(frames, folder / "orbit.mp4")
         timings["video"] = time.perf_counter() - start
-        preview = out.render(0.0, self.elevation, size=self.video_size)
+        preview = frames[0]  # the orbit starts at the front: the view panel's first image
         report(0.55, desc="mesh export")
         try:
             glb, obj_zip, export_timings, info = self._export(out, folder, options)
@@ -231,9 +232,10 @@ class Instant3DService:
         for key in ("resolution", "target_faces", "texture_size"):
             if key in options and options[key] is not None:
                 options[key] = int(round(float(options[key])))
-        threshold = options.get("threshold")
-        if threshold in (None, "", "auto", 0, 0.0):
-            options["threshold"] = "auto" if threshold in ("auto", 0, 0.0) else ExportOptions.threshold
+        if options.get("threshold") in (None, ""):
+            options.pop("threshold", None)  # the library default
+        elif options["threshold"] == 0:
+            options["threshold"] = "auto"  # the app's "0 = auto"
         try:
             ExportOptions.from_kwargs(**options)
         except ExportError as exc:

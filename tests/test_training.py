@@ -297,6 +297,46 @@ def test_trained_checkpoint_loads_in_the_engine_and_evaluates(tmp_path, clip_fol
     metrics = json.loads(report.read_text())
     assert 0 <= metrics["r_precision"] <= 1 and 0 < metrics["retrieval_probability"] < 1
     assert metrics["queries"] == 400 and metrics["prompts"] == 3 and metrics["training_step"] == 3
+    _check_publishing(ckpt, out / "smoke-models" / "prior", pipe, tmp_path)
+
+
+def _check_publishing(ckpt: Path, prior: Path, trained, tmp_path: Path) -> None:
+    """A published copy drops the trainer state, references its text encoder from where it ships, is what
+    from_pretrained() loads with --default, and refuses a text encoder that encodes prompts differently."""
+    import shutil
+
+    import instant3d.pipeline as pipeline_module
+    import training.publish as publish_module
+    from instant3d import Instant3DPipeline
+    from transformers import CLIPTextModel
+
+    shipped_prior = tmp_path / "assets" / "priors" / "clip"
+    shutil.copytree(prior, shipped_prior)
+
+    # another text encoder of the same shape is refused
+    other = tmp_path / "other"
+    shutil.copytree(shipped_prior, other)
+    model = CLIPTextModel.from_pretrained(other / "text_encoder")
+    with torch.no_grad():
+        [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)][-1].bias.add_(0.5)  # the final norm
+    model.save_pretrained(other / "text_encoder", safe_serialization=True)
+    assert publish_module.main([str(ckpt), str(tmp_path / "refused"), "--text-encoder", str(other)]) == 2
+    assert not (tmp_path / "refused").exists()
+    checkpoints = tmp_path / "assets" / "checkpoints"
+    with pytest.MonkeyPatch.context() as mp:
+        for module in (pipeline_module, publish_module):
+            mp.setattr(module, "CHECKPOINTS", checkpoints)
+            mp.setattr(module, "DEFAULT_POINTER", checkpoints / "DEFAULT")
+        assert publish_module.main([str(ckpt), str(checkpoints / "mine"), "--text-encoder", str(shipped_prior),
+                                    "--made-by", "python -m training.train ...", "--default"]) == 0
+        shutil.rmtree(prior.parent)  # the run's own copy is gone: the published one must not need it
+        published = Instant3DPipeline.from_pretrained(device="cpu")
+    names = sorted(p.name for p in (checkpoints / "mine").iterdir())
+    assert names == ["README.md", "config.json", "model.safetensors"]
+    assert json.loads((checkpoints / "mine" / "config.json").read_text())["text_encoder"] == "../../priors/clip"
+    assert "python -m training.train ..." in (checkpoints / "mine" / "README.md").read_text()
+    a = trained("a red cube", seed=3).density(torch.zeros(5, 3))
+    assert torch.equal(a, published("a red cube", seed=3).density(torch.zeros(5, 3)))
 
 
 def test_clip_retrieval_scores_a_perfect_match_as_one():

@@ -1,0 +1,105 @@
+"""Turn a training checkpoint into a shippable one: weights + config only, the text encoder referenced where it ships.
+
+    python -m training.publish runs/toyworld-supervised/checkpoints/step-0005000 \
+        assets/checkpoints/toyworld-supervised --text-encoder assets/priors/toy-clip \
+        --made-by "python -m training.train --config training/configs/toyworld_supervised.toml" \
+        --wall-time "66 min" --machine "2-core CPU" [--default]
+
+Why: a training checkpoint carries the optimizer and raw (non-EMA) weights (3x the size) and names its text
+encoder relative to the run folder. The published folder holds the EMA weights, a config whose text-encoder
+reference is relative to the published folder, a README (model card) saying how it was made, and is written
+atomically. Before writing, the new text encoder must give the same token embeddings as the one the model
+trained with, so conditioning cannot silently change. ``--default`` makes it what ``from_pretrained()`` loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from instant3d.checkpoint import CheckpointError, load_model, save_checkpoint, text_encoder_folder
+from instant3d.files import atomic_path
+from instant3d.pipeline import CHECKPOINTS, DEFAULT_POINTER, check_text_encoder_matches
+from instant3d.text_encoder import TextEncoder, TextEncoderError
+
+PROBE_PROMPTS = ["a red cube on top of a blue sphere", "a white snowman with a carrot nose", "an empty prompt ?"]
+
+
+def same_encodings(a: TextEncoder, b: TextEncoder, atol: float = 1e-5) -> bool:
+    """Do two text encoders give the same tokens and pooled embeddings on a few probe prompts?"""
+    ta, pa = a.encode(PROBE_PROMPTS)
+    tb, pb = b.encode(PROBE_PROMPTS)
+    return ta.shape == tb.shape and torch.allclose(ta, tb, atol=atol) and torch.allclose(pa, pb, atol=atol)
+
+
+def model_card(name: str, meta: dict, args) -> str:
+    training = meta.get("training", {})
+    lines = [
+        f"# {name}",
+        "",
+        "An instant3d generator checkpoint (config.json + model.safetensors, EMA weights), trained by this project.",
+        "",
+        f"- made by: `{args.made_by}`" if args.made_by else "- made by: (not recorded)",
+        f"- training step: {training.get('step', '?')}, views per prompt: "
+        f"{training.get('views_per_prompt', float('nan')):.1f}, prompt set: {training.get('prompt_set', '?')}",
+        f"- wall time: {args.wall_time or '?'} on {args.machine or '?'}",
+        f"- text encoder: `{meta['text_encoder']}` (relative to this folder)",
+        f"- published with: `python -m training.publish {args.checkpoint} {args.out} --text-encoder "
+        f"{args.text_encoder}`",
+    ]
+    if args.notes:
+        lines += ["", args.notes]
+    return "\n".join(lines) + "\n"
+
+
+def publish(args) -> Path:
+    source, out = Path(args.checkpoint), Path(args.out)
+    model, meta = load_model(source, "cpu")
+    trained_with = TextEncoder.from_folder(text_encoder_folder(source, meta))
+    shipped = TextEncoder.from_folder(args.text_encoder)
+    check_text_encoder_matches(model.config, shipped)
+    if not same_encodings(trained_with, shipped):
+        raise CheckpointError(
+            f"{args.text_encoder} encodes prompts differently from {text_encoder_folder(source, meta)}, the text "
+            "encoder this checkpoint trained with: publish it with that encoder (or a copy of it)"
+        )
+    reference = os.path.relpath(Path(args.text_encoder).resolve(), out.resolve())
+    extra = {k: v for k, v in meta.items() if k not in ("_class_name", "_format_version", "model", "text_encoder")}
+    extra["published_from"] = {"step_folder": source.name, "made_by": args.made_by, "wall_time": args.wall_time,
+                               "machine": args.machine}
+    card = model_card(out.name, {**meta, "text_encoder": reference}, args)
+    save_checkpoint(model, out, text_encoder_path=reference, extra=extra, extra_files={"README.md": card.encode()})
+    if args.default:
+        if out.resolve().parent != CHECKPOINTS.resolve():
+            raise CheckpointError(f"--default needs the checkpoint inside {CHECKPOINTS}, not {out.parent}")
+        with atomic_path(DEFAULT_POINTER) as tmp:
+            Path(tmp).write_text(out.name + "\n")
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="a training checkpoint folder (runs/<name>/checkpoints/step-N)")
+    parser.add_argument("out", help="where to publish it, e.g. assets/checkpoints/<name>")
+    parser.add_argument("--text-encoder", required=True, help="the text encoder folder the published copy references")
+    parser.add_argument("--made-by", default="", help="the command that trained it (for the model card)")
+    parser.add_argument("--wall-time", default="")
+    parser.add_argument("--machine", default="")
+    parser.add_argument("--notes", default="", help="more text for the model card")
+    parser.add_argument("--default", action="store_true", help="make it the default (assets/checkpoints/DEFAULT)")
+    args = parser.parse_args(argv)
+    try:
+        folder = publish(args)
+    except (CheckpointError, TextEncoderError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"published {folder}" + (" (the default)" if args.default else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

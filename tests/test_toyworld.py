@@ -78,8 +78,9 @@ def test_render_colours_backgrounds_and_coverage():
     assert mask[0].sum().item() == pytest.approx(expected, rel=0.05)
 
 
-def test_tiny_recipe_world_to_priors_to_sds(tmp_path):
-    """World -> small CLIP -> diffusion prior on its text tower -> loaded by the SDS guidance like Stable Diffusion."""
+def test_tiny_recipe_world_to_priors_to_sds_to_evaluation(tmp_path):
+    """World -> small CLIP -> diffusion prior on its text tower -> loaded by the SDS guidance like Stable Diffusion
+    -> an SDS training run of the toy-world recipe -> the toy-world quality report."""
     from training.guidance import DiffusionGuidance
     from training.toyworld import clip_train, prior_train
 
@@ -112,6 +113,27 @@ def test_tiny_recipe_world_to_priors_to_sds(tmp_path):
                              "--steps", "4", "--batch", "4", "--views", "1", "--size", "16", "--save-every", "1",
                              "--max-prompts", "40"]) == 0
     assert '"step": 4' in (prior_dir / "progress.json").read_text()
+
+    # SDS + CLIP loss + adaptive Perp-Neg with the toy-world recipe against these priors, then the quality report
+    import json
+
+    from training.evaluate import main as evaluate
+    from training.train import main as train
+
+    run = tmp_path / "sds"
+    assert train(["--config", "training/configs/toyworld_sds.toml", f'prior.folder="{prior_dir}"',
+                  f'clip.folder="{clip_dir}"', f'run.output_dir="{run}"', 'model.preset="tiny"', "optim.steps=2",
+                  "optim.batch_size=2", "render.resolution=16", "render.samples=8", "render.importance=8",
+                  "prompts.validation=[]"]) == 0
+    checkpoint = run / "checkpoints" / "step-0000002"
+    report = tmp_path / "report.json"
+    assert evaluate(["--toyworld", "--checkpoint", str(checkpoint), "--clip", str(clip_dir), "--limit", "2",
+                     "--views", "2", "--size", "32", "--output", str(report)]) == 0
+    metrics = json.loads(report.read_text())
+    assert set(metrics) == {"held_out", "train"}
+    for split in metrics.values():
+        assert split["prompts"] == 2 and split["queries"] == 750
+        assert 0 <= split["iou"] <= 1 and 0 <= split["colour_accuracy"] <= 1 and 0 < split["retrieval_probability"] < 1
 
 
 class _PerfectOutput:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -48,6 +49,34 @@ def default_checkpoint() -> Path:
     if not folder.is_dir():
         raise CheckpointError(f"{DEFAULT_POINTER} names {folder.name!r}, but {folder} does not exist")
     return folder
+
+
+TRAINING_PROMPTS_NAME = "training_prompts.txt"  # optional, in a checkpoint folder: the prompts it trained on
+
+
+def prompt_words(text: str) -> list[str]:
+    """Lower-case words of a prompt (letters only), in order."""
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def load_vocabulary(folder: Path) -> frozenset[str] | None:
+    """The words of the checkpoint's training prompts, or None when it does not say what it trained on."""
+    path = Path(folder) / TRAINING_PROMPTS_NAME
+    if not path.is_file():
+        return None
+    return frozenset(prompt_words(path.read_text(encoding="utf-8")))
+
+
+def unknown_words_note(text: str, vocabulary: frozenset[str] | None) -> str | None:
+    """A note naming the prompt's words the model never saw in training (it can only guess at those)."""
+    if not vocabulary:
+        return None
+    unknown = list(dict.fromkeys(w for w in prompt_words(text) if w not in vocabulary))
+    if not unknown:
+        return None
+    return (f"this model never saw the word{'s' if len(unknown) > 1 else ''} {', '.join(repr(w) for w in unknown[:8])} "
+            f"in training, so the object is a guess. Its words: {', '.join(sorted(vocabulary)[:60])}"
+            f"{', ...' if len(vocabulary) > 60 else ''}")
 
 
 def check_seed(seed) -> int:
@@ -234,7 +263,8 @@ class Instant3DPipeline:
     """Text -> triplane in one forward pass; results are cached by (prompt, seed)."""
 
     def __init__(self, model: Instant3DModel, text_encoder: TextEncoder, device=None, cache: ResultCache | None = None,
-                 source: Path | None = None):
+                 source: Path | None = None, vocabulary: frozenset[str] | None = None):
+        self.vocabulary = vocabulary  # words of the training prompts, when the checkpoint lists them
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.text_encoder = text_encoder
@@ -250,7 +280,8 @@ class Instant3DPipeline:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, meta = load_model(folder, device)
         text_encoder = TextEncoder.from_folder(text_encoder_folder(folder, meta), device)
-        return cls(model, text_encoder, device, ResultCache(cache_items, cache_bytes), source=folder)
+        return cls(model, text_encoder, device, ResultCache(cache_items, cache_bytes), source=folder,
+                   vocabulary=load_vocabulary(folder))
 
     @property
     def config(self) -> Instant3DConfig:
@@ -264,7 +295,7 @@ class Instant3DPipeline:
         if cached is not None:
             return cached
         start = time.perf_counter()
-        notes = [n for n in [self.text_encoder.truncation_note(text)] if n]
+        notes = [n for n in [self.text_encoder.truncation_note(text), unknown_words_note(text, self.vocabulary)] if n]
         tokens, pooled = self.text_encoder.encode(text)
         encoded = time.perf_counter()
         z = style_noise(seed, self.config.generator.z_dim).to(self.device)

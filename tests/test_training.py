@@ -332,7 +332,10 @@ def _check_publishing(ckpt: Path, prior: Path, trained, tmp_path: Path) -> None:
         shutil.rmtree(prior.parent)  # the run's own copy is gone: the published one must not need it
         published = Instant3DPipeline.from_pretrained(device="cpu")
     names = sorted(p.name for p in (checkpoints / "mine").iterdir())
-    assert names == ["README.md", "config.json", "model.safetensors"]
+    assert names == ["README.md", "config.json", "model.safetensors", "training_prompts.txt"]
+    assert published("a girl wearing a crown", seed=3).notes == []  # words of the portraits set
+    [note] = published("a girl riding a dragon", seed=3).notes
+    assert "'riding', 'dragon'" in note and "crown" in note
     assert json.loads((checkpoints / "mine" / "config.json").read_text())["text_encoder"] == "../../priors/clip"
     assert "python -m training.train ..." in (checkpoints / "mine" / "README.md").read_text()
     a = trained("a red cube", seed=3).density(torch.zeros(5, 3))

@@ -8,7 +8,8 @@
 Why: a training checkpoint carries the optimizer and raw (non-EMA) weights (3x the size) and names its text
 encoder relative to the run folder. The published folder holds the EMA weights, a config whose text-encoder
 reference is relative to the published folder, a README (model card) saying how it was made, and is written
-atomically. Before writing, the new text encoder must give the same token embeddings as the one the model
+atomically, and the training prompts (``training_prompts.txt``: the app then names words a prompt uses that the
+model never saw). Before writing, the new text encoder must give the same token embeddings as the one the model
 trained with, so conditioning cannot silently change. ``--default`` makes it what ``from_pretrained()`` loads.
 """
 
@@ -23,8 +24,10 @@ import torch
 
 from instant3d.checkpoint import CheckpointError, load_model, save_checkpoint, text_encoder_folder
 from instant3d.files import atomic_path
-from instant3d.pipeline import CHECKPOINTS, DEFAULT_POINTER, check_text_encoder_matches
+from instant3d.pipeline import CHECKPOINTS, DEFAULT_POINTER, TRAINING_PROMPTS_NAME, check_text_encoder_matches
 from instant3d.text_encoder import TextEncoder, TextEncoderError
+
+from .prompt_sets import load_prompt_set
 
 PROBE_PROMPTS = ["a red cube on top of a blue sphere", "a white snowman with a carrot nose", "an empty prompt ?"]
 
@@ -72,7 +75,14 @@ def publish(args) -> Path:
     extra["published_from"] = {"step_folder": source.name, "made_by": args.made_by, "wall_time": args.wall_time,
                                "machine": args.machine}
     card = model_card(out.name, {**meta, "text_encoder": reference}, args)
-    save_checkpoint(model, out, text_encoder_path=reference, extra=extra, extra_files={"README.md": card.encode()})
+    files = {"README.md": card.encode()}
+    training = meta.get("training", {})
+    if training.get("prompt_set"):  # the engine names words a prompt uses that training never did
+        train, _ = load_prompt_set(training["prompt_set"], file=training.get("prompt_file", ""),
+                                   train_fraction=training.get("train_fraction", 0.6),
+                                   seed=training.get("split_seed", 0))
+        files[TRAINING_PROMPTS_NAME] = ("\n".join(train) + "\n").encode()
+    save_checkpoint(model, out, text_encoder_path=reference, extra=extra, extra_files=files)
     if args.default:
         if out.resolve().parent != CHECKPOINTS.resolve():
             raise CheckpointError(f"--default needs the checkpoint inside {CHECKPOINTS}, not {out.parent}")

@@ -404,3 +404,37 @@ def test_supervised_objective_trains_against_ground_truth_renders(tmp_path):
     last, _ = trainer.compute_loss(gen, 1.0)
     assert torch.isfinite(last) and last.item() < first.item()  # the same batch fits better after training
     assert [c.name for c in _checkpoints(tmp_path)] == ["step-0000008"]
+
+
+def test_lr_schedule_continues_its_curve_after_a_resume(tmp_path):
+    import math
+
+    from training.trainer import Trainer
+
+    def config(steps):
+        return load_config(SMOKE, [f'run.output_dir="{tmp_path}"', "prompts.validation=[]", f"optim.steps={steps}",
+                                   'optim.lr_schedule="cosine"', "optim.warmup_steps=1", "optim.lr=1e-3"])
+
+    first = Trainer(config(3))
+    assert first.optimizer.param_groups[0]["lr"] == 0.0  # warm-up starts from zero
+    first.train()
+    resumed = Trainer(config(6))  # picks up step 3 of a 6-step cosine with 1 warm-up step
+    assert resumed.step == 3
+    expected = 1e-3 * 0.5 * (1 + math.cos(math.pi * (3 - 1) / (6 - 1)))
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        Trainer(load_config(SMOKE, [f'run.output_dir="{tmp_path / "x"}"', 'optim.lr_schedule="cosinus"']))
+
+
+def test_opacity_entropy_matches_the_binary_entropy_in_float64(tmp_path):
+    from training.trainer import Trainer
+
+    trainer = Trainer(load_config(SMOKE, [f'run.output_dir="{tmp_path}"', "prompts.validation=[]",
+                                          "objective.opacity_entropy=2.0", "objective.opacity_sparsity=0.5"]))
+    opacity = torch.tensor([[0.0, 0.5, 0.9, 1.0]])
+    stats = {}
+    value = trainer._opacity_terms(opacity, stats)
+    p = np.clip(np.array([0.0, 0.5, 0.9, 1.0], dtype=np.float64), 1e-5, 1 - 1e-5)
+    entropy = float(np.mean(-(p * np.log(p) + (1 - p) * np.log(1 - p))))
+    assert stats["opacity_entropy"] == pytest.approx(entropy, rel=1e-4)
+    assert value.item() == pytest.approx(2.0 * entropy + 0.5 * 0.6, rel=1e-4)

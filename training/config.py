@@ -18,6 +18,8 @@ class ModelSection:
 class ObjectiveSection:
     mode: str = "sds"  # sds | supervised (photometric loss against ground-truth renders: toy world only)
     mask_weight: float = 0.1  # supervised: weight of the coverage (opacity vs ground-truth mask) term
+    opacity_entropy: float = 0.0  # weight of the binary entropy of each pixel's opacity (pushes haze to 0 or 1)
+    opacity_sparsity: float = 0.0  # weight of the mean opacity (fewer floaters; too much erases thin shapes)
 
 
 @dataclass
@@ -68,6 +70,8 @@ class OptimSection:
     grad_accum: int = 1
     steps: int = 10000
     ema_decay: float = 0.0  # 0 = no EMA
+    lr_schedule: str = "constant"  # a diffusers.optimization.SchedulerType: constant, constant_with_warmup, cosine, ...
+    warmup_steps: int = 0
     alpha_start: float = 0.5  # scaled-sigmoid alpha: start, then linear to 1 over [alpha_begin, alpha_end]
     alpha_begin: int = 0
     alpha_end: int = 5000

@@ -143,6 +143,7 @@ class Trainer:
         self.severity = SeverityCache()
         self.step, self.bad_steps_total = 0, 0
         self._resume()
+        self.lr_scheduler = self._build_lr_scheduler()
         wrapped = GenerateAndRender(self.model)
         self.net = DistributedDataParallel(wrapped) if self.dist.world > 1 else wrapped
         self.ranges = CameraRanges(tuple(cfg.render.radius), tuple(cfg.render.fov), tuple(cfg.render.elevation),
@@ -172,6 +173,35 @@ class Trainer:
                                token_dim=self.text_encoder.token_dim,
                                pooled_dim=int(self.text_encoder.model.config.hidden_size))
         return Instant3DModel(config).train()
+
+    def _build_lr_scheduler(self):
+        """diffusers' schedules (a LambdaLR), positioned at the current step: a resumed run continues the curve."""
+        from diffusers.optimization import SchedulerType, get_scheduler
+
+        o = self.cfg.optim
+        names = [t.value for t in SchedulerType]
+        if o.lr_schedule not in names:
+            raise ValueError(f"optim.lr_schedule must be one of {names}, got {o.lr_schedule!r}")
+        if o.warmup_steps and o.lr_schedule == "constant":
+            raise ValueError("optim.warmup_steps > 0 needs a schedule with warm-up, e.g. "
+                             "optim.lr_schedule=\"constant_with_warmup\" or \"cosine\"")
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = o.lr  # the restored optimizer state holds the scheduled lr of its last step
+        return get_scheduler(o.lr_schedule, self.optimizer, num_warmup_steps=o.warmup_steps,
+                             num_training_steps=o.steps, last_epoch=self.step - 1)
+
+    def _opacity_terms(self, opacity: torch.Tensor, stats: dict) -> torch.Tensor:
+        """Optional regularisers of the rendered per-pixel opacity (objective.opacity_entropy / _sparsity)."""
+        o = self.cfg.objective
+        total = torch.zeros((), device=opacity.device)
+        if o.opacity_entropy > 0:
+            a = opacity.clamp(1e-5, 1 - 1e-5)
+            entropy = -(a * a.log() + (1 - a) * (1 - a).log()).mean()
+            total = total + o.opacity_entropy * entropy
+            stats["opacity_entropy"] = float(entropy.detach())
+        if o.opacity_sparsity > 0:
+            total = total + o.opacity_sparsity * opacity.mean()
+        return total
 
     # -- checkpoints --------------------------------------------------------------------------------------------
     def _state_files(self) -> dict[str, bytes]:
@@ -260,7 +290,7 @@ class Trainer:
             if cfg.clip.weight > 0:
                 clip_loss = self.clip.loss(features, prompts)
         sds = self.guidance.sds(images, prompts, views.azimuth, views.elevation, negative_scale, gen)
-        loss = sds.loss + cfg.clip.weight * clip_loss
+        loss = sds.loss + cfg.clip.weight * clip_loss + self._opacity_terms(opacity, stats)
         stats.update(sds=float(sds.loss.detach()), clip=float(clip_loss.detach()), sds_grad=sds.grad_norm)
         return loss, stats
 
@@ -334,6 +364,7 @@ class Trainer:
                 continue
             consecutive_bad = 0
             self.optimizer.step()
+            self.lr_scheduler.step()
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
             self.step += 1
@@ -360,6 +391,9 @@ class Trainer:
         w.add_scalar("sds/grad_norm", stats["sds_grad"], s)
         w.add_scalar("render/opacity", stats["opacity"], s)
         w.add_scalar("alpha", alpha, s)
+        w.add_scalar("lr", self.optimizer.param_groups[0]["lr"], s)
+        if "opacity_entropy" in stats:
+            w.add_scalar("render/opacity_entropy", stats["opacity_entropy"], s)
         w.add_scalar("time/step_seconds", seconds, s)
         w.add_scalar("skipped_steps", self.bad_steps_total, s)
         w.add_scalar("views_per_prompt", self.views_per_prompt(), s)

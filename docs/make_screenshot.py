@@ -30,8 +30,8 @@ def wait_until_up(url: str, proc: subprocess.Popen, seconds: float = 180) -> Non
         if proc.poll() is not None:
             raise RuntimeError(f"the app exited with code {proc.returncode}")
         try:
-            urllib.request.urlopen(url, timeout=2)
-            return
+            with urllib.request.urlopen(url, timeout=2):
+                return
         except OSError:
             time.sleep(1)
     raise TimeoutError(f"the app did not answer at {url} within {seconds:.0f} s")
@@ -67,7 +67,10 @@ def main(argv=None) -> int:
             browser.close()
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
     print(f"wrote {args.out}")
     return 0
 

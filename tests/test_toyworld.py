@@ -132,7 +132,7 @@ def test_tiny_recipe_world_to_priors_to_sds_to_evaluation(tmp_path):
     metrics = json.loads(report.read_text())
     assert set(metrics) == {"held_out", "train"}
     for split in metrics.values():
-        assert split["prompts"] == 2 and split["queries"] == 750
+        assert split["prompts"] == 2 and split["queries"] == len(all_prompts())
         assert 0 <= split["iou"] <= 1 and 0 <= split["colour_accuracy"] <= 1 and 0 < split["retrieval_probability"] < 1
 
 

@@ -279,7 +279,7 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path):
     assert _checkpoints(tmp_path) == good
 
 
-def test_trained_checkpoint_loads_in_the_engine_and_evaluates(tmp_path, clip_folder):
+def test_trained_checkpoint_loads_in_the_engine_and_evaluates(tmp_path, clip_folder, capsys):
     from instant3d import Instant3DPipeline
     from training.evaluate import main as evaluate
 
@@ -297,10 +297,10 @@ def test_trained_checkpoint_loads_in_the_engine_and_evaluates(tmp_path, clip_fol
     metrics = json.loads(report.read_text())
     assert 0 <= metrics["r_precision"] <= 1 and 0 < metrics["retrieval_probability"] < 1
     assert metrics["queries"] == 400 and metrics["prompts"] == 3 and metrics["training_step"] == 3
-    _check_publishing(ckpt, out / "smoke-models" / "prior", pipe, tmp_path)
+    _check_publishing(ckpt, out / "smoke-models" / "prior", pipe, tmp_path, capsys)
 
 
-def _check_publishing(ckpt: Path, prior: Path, trained, tmp_path: Path) -> None:
+def _check_publishing(ckpt: Path, prior: Path, trained, tmp_path: Path, capsys) -> None:
     """A published copy drops the trainer state, references its text encoder from where it ships, is what
     from_pretrained() loads with --default, and refuses a text encoder that encodes prompts differently."""
     import shutil
@@ -321,7 +321,13 @@ def _check_publishing(ckpt: Path, prior: Path, trained, tmp_path: Path) -> None:
         [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)][-1].bias.add_(0.5)  # the final norm
     model.save_pretrained(other / "text_encoder", safe_serialization=True)
     assert publish_module.main([str(ckpt), str(tmp_path / "refused"), "--text-encoder", str(other)]) == 2
-    assert not (tmp_path / "refused").exists()
+    assert "encodes prompts differently" in capsys.readouterr().err and not (tmp_path / "refused").exists()
+    # nothing is written over a folder that is not a checkpoint, the source itself, or the text encoder's folder
+    for target, why in [(other, "is not a checkpoint"), (ckpt, "the checkpoint being published"),
+                        (shipped_prior.parent, "holds the text encoder")]:
+        assert publish_module.main([str(ckpt), str(target), "--text-encoder", str(shipped_prior)]) == 2
+        assert why in capsys.readouterr().err
+    assert (ckpt / "trainer_state.json").exists() and (shipped_prior / "unet").exists()
     checkpoints = tmp_path / "assets" / "checkpoints"
     with pytest.MonkeyPatch.context() as mp:
         for module in (pipeline_module, publish_module):
@@ -406,7 +412,7 @@ def test_supervised_objective_trains_against_ground_truth_renders(tmp_path):
     assert [c.name for c in _checkpoints(tmp_path)] == ["step-0000008"]
 
 
-def test_lr_schedule_continues_its_curve_after_a_resume(tmp_path):
+def test_lr_schedule_resumes_at_the_current_step(tmp_path):
     import math
 
     from training.trainer import Trainer
@@ -423,7 +429,9 @@ def test_lr_schedule_continues_its_curve_after_a_resume(tmp_path):
     expected = 1e-3 * 0.5 * (1 + math.cos(math.pi * (3 - 1) / (6 - 1)))
     assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-6)
     with pytest.raises(ValueError, match="lr_schedule must be one of"):
-        Trainer(load_config(SMOKE, [f'run.output_dir="{tmp_path / "x"}"', 'optim.lr_schedule="cosinus"']))
+        load_config(SMOKE, ['optim.lr_schedule="cosinus"'])
+    with pytest.raises(ValueError, match="needs a schedule with warm-up"):
+        load_config(SMOKE, ["optim.warmup_steps=10"])
 
 
 def test_opacity_entropy_matches_the_binary_entropy_in_float64(tmp_path):

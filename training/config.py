@@ -18,8 +18,8 @@ class ModelSection:
 class ObjectiveSection:
     mode: str = "sds"  # sds | supervised (photometric loss against ground-truth renders: toy world only)
     mask_weight: float = 0.1  # supervised: weight of the coverage (opacity vs ground-truth mask) term
-    opacity_entropy: float = 0.0  # weight of the binary entropy of each pixel's opacity (pushes haze to 0 or 1)
-    opacity_sparsity: float = 0.0  # weight of the mean opacity (fewer floaters; too much erases thin shapes)
+    opacity_entropy: float = 0.0  # SDS only: weight of the binary entropy of each pixel's opacity (haze -> 0 or 1)
+    opacity_sparsity: float = 0.0  # SDS only: weight of the mean opacity (fewer floaters; too much erases thin shapes)
 
 
 @dataclass
@@ -70,12 +70,16 @@ class OptimSection:
     grad_accum: int = 1
     steps: int = 10000
     ema_decay: float = 0.0  # 0 = no EMA
-    lr_schedule: str = "constant"  # a diffusers.optimization.SchedulerType: constant, constant_with_warmup, cosine, ...
-    warmup_steps: int = 0
+    lr_schedule: str = "constant"  # one of LR_SCHEDULES (diffusers' schedules over optim.steps)
+    warmup_steps: int = 0  # needs a schedule with warm-up (all but "constant")
     alpha_start: float = 0.5  # scaled-sigmoid alpha: start, then linear to 1 over [alpha_begin, alpha_end]
     alpha_begin: int = 0
     alpha_end: int = 5000
     max_bad_steps: int = 10  # consecutive NaN/inf steps before the run stops
+
+
+# diffusers.optimization schedules that need nothing but warm-up and total steps (piecewise_constant needs rules)
+LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
 
 @dataclass
@@ -146,4 +150,20 @@ def load_config(path=None, overrides: list[str] | None = None) -> TrainConfig:
         except tomllib.TOMLDecodeError:
             value = raw  # a bare string
         _apply(cfg, {section: {key: value}}, f"override {item!r}")
+    check_config(cfg)
     return cfg
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Values a run would otherwise only trip over after loading its models."""
+    o = cfg.optim
+    if o.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"optim.lr_schedule must be one of {list(LR_SCHEDULES)}, got {o.lr_schedule!r}")
+    if o.warmup_steps < 0:
+        raise ValueError(f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
+    if o.warmup_steps and o.lr_schedule == "constant":
+        raise ValueError('optim.warmup_steps > 0 needs a schedule with warm-up, e.g. '
+                         'optim.lr_schedule="constant_with_warmup" or "cosine"')
+    if cfg.objective.mode == "supervised" and (cfg.objective.opacity_entropy or cfg.objective.opacity_sparsity):
+        raise ValueError("objective.opacity_entropy / opacity_sparsity apply to SDS only; the supervised "
+                         "objective already fits opacity to the ground-truth mask: set them to 0")

@@ -5,37 +5,40 @@
         --made-by "python -m training.train --config training/configs/toyworld_supervised.toml" \
         --wall-time "66 min" --machine "2-core CPU" [--default]
 
-Why: a training checkpoint carries the optimizer and raw (non-EMA) weights (3x the size) and names its text
-encoder relative to the run folder. The published folder holds the EMA weights, a config whose text-encoder
-reference is relative to the published folder, a README (model card) saying how it was made, and is written
-atomically, and the training prompts (``training_prompts.txt``: the app then names words a prompt uses that the
-model never saw). Before writing, the new text encoder must give the same token embeddings as the one the model
-trained with, so conditioning cannot silently change. ``--default`` makes it what ``from_pretrained()`` loads.
+Why: a training checkpoint carries the optimizer and raw weights (3x the size) and names its text encoder relative
+to the run folder. The published folder holds the model weights (EMA when the run kept one), a config whose
+text-encoder reference is relative to the published folder, a README (model card) saying how it was made, and the
+training prompts (``training_prompts.txt``: the engine names words of a prompt the model never saw). It is written
+atomically, and only over nothing or over another checkpoint. Before writing, the new text encoder must give the
+same token embeddings as the one the model trained with, so conditioning cannot silently change. ``--default``
+makes it what ``from_pretrained()`` loads.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 
 import torch
 
-from instant3d.checkpoint import CheckpointError, load_model, save_checkpoint, text_encoder_folder
+from instant3d.checkpoint import CONFIG_NAME, CheckpointError, load_model, save_checkpoint, text_encoder_folder
 from instant3d.files import atomic_path
 from instant3d.pipeline import CHECKPOINTS, DEFAULT_POINTER, TRAINING_PROMPTS_NAME, check_text_encoder_matches
 from instant3d.text_encoder import TextEncoder, TextEncoderError
 
 from .prompt_sets import load_prompt_set
+from .trainer import STATE_JSON
 
-PROBE_PROMPTS = ["a red cube on top of a blue sphere", "a white snowman with a carrot nose", "an empty prompt ?"]
+PROBE_PROMPTS = ["a red cube on top of a blue sphere", "a white snowman with a carrot nose", "zebra 42 ?!"]
 
 
-def same_encodings(a: TextEncoder, b: TextEncoder, atol: float = 1e-5) -> bool:
-    """Do two text encoders give the same tokens and pooled embeddings on a few probe prompts?"""
-    ta, pa = a.encode(PROBE_PROMPTS)
-    tb, pb = b.encode(PROBE_PROMPTS)
+def same_encodings(a: TextEncoder, b: TextEncoder, prompts: list[str], atol: float = 1e-5) -> bool:
+    """Do two text encoders give the same tokens and pooled embeddings on these prompts?"""
+    ta, pa = a.encode(prompts)
+    tb, pb = b.encode(prompts)
     return ta.shape == tb.shape and torch.allclose(ta, tb, atol=atol) and torch.allclose(pa, pb, atol=atol)
 
 
@@ -44,7 +47,8 @@ def model_card(name: str, meta: dict, args) -> str:
     lines = [
         f"# {name}",
         "",
-        "An instant3d generator checkpoint (config.json + model.safetensors, EMA weights), trained by this project.",
+        f"An instant3d generator checkpoint (config.json + model.safetensors, "
+        f"{'EMA weights' if args.ema else 'the trained weights'}), trained by this project.",
         "",
         f"- made by: `{args.made_by}`" if args.made_by else "- made by: (not recorded)",
         f"- training step: {training.get('step', '?')}, views per prompt: "
@@ -59,33 +63,63 @@ def model_card(name: str, meta: dict, args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def publish(args) -> Path:
-    source, out = Path(args.checkpoint), Path(args.out)
-    model, meta = load_model(source, "cpu")
-    trained_with = TextEncoder.from_folder(text_encoder_folder(source, meta))
-    shipped = TextEncoder.from_folder(args.text_encoder)
-    check_text_encoder_matches(model.config, shipped)
-    if not same_encodings(trained_with, shipped):
-        raise CheckpointError(
-            f"{args.text_encoder} encodes prompts differently from {text_encoder_folder(source, meta)}, the text "
-            "encoder this checkpoint trained with: publish it with that encoder (or a copy of it)"
-        )
-    reference = os.path.relpath(Path(args.text_encoder).resolve(), out.resolve())
-    extra = {k: v for k, v in meta.items() if k not in ("_class_name", "_format_version", "model", "text_encoder")}
-    extra["published_from"] = {"step_folder": source.name, "made_by": args.made_by, "wall_time": args.wall_time,
-                               "machine": args.machine}
-    card = model_card(out.name, {**meta, "text_encoder": reference}, args)
-    files = {"README.md": card.encode()}
+def training_prompts(source: Path, meta: dict) -> list[str]:
+    """The prompts the checkpoint trained on: its own list, else its prompt set's split rebuilt; [] if neither."""
+    path = source / TRAINING_PROMPTS_NAME
+    if path.is_file():
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     training = meta.get("training", {})
-    if training.get("prompt_set"):  # the engine names words a prompt uses that training never did
+    if not training.get("prompt_set"):
+        return []
+    try:
         train, _ = load_prompt_set(training["prompt_set"], file=training.get("prompt_file", ""),
                                    train_fraction=training.get("train_fraction", 0.6),
                                    seed=training.get("split_seed", 0))
-        files[TRAINING_PROMPTS_NAME] = ("\n".join(train) + "\n").encode()
+    except (ValueError, OSError) as exc:
+        print(f"warning: no {TRAINING_PROMPTS_NAME} ({exc}); the engine will not name unknown words",
+              file=sys.stderr)
+        return []
+    return train
+
+
+def check_target(source: Path, out: Path, text_encoder: Path, default: bool) -> None:
+    """Refuse before anything is written: publishing replaces ``out`` wholesale."""
+    src, dst, enc = source.resolve(), out.resolve(), text_encoder.resolve()
+    if default and dst.parent != CHECKPOINTS.resolve():
+        raise CheckpointError(f"--default needs the checkpoint inside {CHECKPOINTS}, not {out.parent}")
+    if dst == src or dst in src.parents:
+        raise CheckpointError(f"{out} is (or holds) the checkpoint being published; publish somewhere else")
+    if dst == enc or dst in enc.parents:
+        raise CheckpointError(f"{out} holds the text encoder {text_encoder}; publish somewhere else")
+    if dst.exists() and not (dst / CONFIG_NAME).is_file():
+        raise CheckpointError(f"{out} exists and is not a checkpoint; refusing to replace it (give a new folder)")
+
+
+def publish(args) -> Path:
+    source, out, encoder = Path(args.checkpoint), Path(args.out), Path(args.text_encoder)
+    check_target(source, out, encoder, args.default)
+    model, meta = load_model(source, "cpu")
+    trained_with = TextEncoder.from_folder(text_encoder_folder(source, meta))
+    shipped = TextEncoder.from_folder(encoder)
+    check_text_encoder_matches(model.config, shipped)
+    prompts = training_prompts(source, meta)
+    if not same_encodings(trained_with, shipped, PROBE_PROMPTS + prompts[:: max(1, len(prompts) // 16)]):
+        raise CheckpointError(
+            f"{encoder} encodes prompts differently from {text_encoder_folder(source, meta)}, the text "
+            "encoder this checkpoint trained with: publish it with that encoder (or a copy of it)"
+        )
+    state = source / STATE_JSON
+    args.ema = state.is_file() and json.loads(state.read_text()).get("config", {}).get("optim", {}).get(
+        "ema_decay", 0) > 0
+    reference = os.path.relpath(encoder.resolve(), out.resolve())
+    extra = {k: v for k, v in meta.items() if k not in ("_class_name", "_format_version", "model", "text_encoder")}
+    extra["published_from"] = {"step_folder": source.name, "made_by": args.made_by, "wall_time": args.wall_time,
+                               "machine": args.machine}
+    files = {"README.md": model_card(out.name, {**meta, "text_encoder": reference}, args).encode()}
+    if prompts:
+        files[TRAINING_PROMPTS_NAME] = ("\n".join(prompts) + "\n").encode()
     save_checkpoint(model, out, text_encoder_path=reference, extra=extra, extra_files=files)
     if args.default:
-        if out.resolve().parent != CHECKPOINTS.resolve():
-            raise CheckpointError(f"--default needs the checkpoint inside {CHECKPOINTS}, not {out.parent}")
         with atomic_path(DEFAULT_POINTER) as tmp:
             Path(tmp).write_text(out.name + "\n")
     return out

@@ -36,7 +36,7 @@ from instant3d.checkpoint import CheckpointError, load_model, save_checkpoint
 from instant3d.color import linear_to_srgb
 from instant3d.config import preset_config
 from instant3d.model import Instant3DModel
-from instant3d.pipeline import Instant3DOutput, style_noise
+from instant3d.pipeline import TRAINING_PROMPTS_NAME, Instant3DOutput, style_noise
 from instant3d.renderer import render_rays
 
 from .clip_model import CLIPScorer
@@ -175,16 +175,11 @@ class Trainer:
         return Instant3DModel(config).train()
 
     def _build_lr_scheduler(self):
-        """diffusers' schedules (a LambdaLR), positioned at the current step: a resumed run continues the curve."""
-        from diffusers.optimization import SchedulerType, get_scheduler
+        """diffusers' schedule over ``optim.steps``, positioned at the current step, so a resumed run with the same
+        ``optim.steps`` continues its curve (changing ``optim.steps`` re-shapes the curve from here on)."""
+        from diffusers.optimization import get_scheduler
 
         o = self.cfg.optim
-        names = [t.value for t in SchedulerType]
-        if o.lr_schedule not in names:
-            raise ValueError(f"optim.lr_schedule must be one of {names}, got {o.lr_schedule!r}")
-        if o.warmup_steps and o.lr_schedule == "constant":
-            raise ValueError("optim.warmup_steps > 0 needs a schedule with warm-up, e.g. "
-                             "optim.lr_schedule=\"constant_with_warmup\" or \"cosine\"")
         for group in self.optimizer.param_groups:
             group["initial_lr"] = o.lr  # the restored optimizer state holds the scheduled lr of its last step
         return get_scheduler(o.lr_schedule, self.optimizer, num_warmup_steps=o.warmup_steps,
@@ -226,7 +221,8 @@ class Trainer:
         folder = self.ckpt_dir / f"step-{self.step:07d}"
         model = self.ema.module if self.ema is not None else self.model
         prior = os.path.relpath(Path(self.cfg.prior.folder).resolve(), folder.resolve())
-        save_checkpoint(model, folder, text_encoder_path=prior, extra_files=self._state_files(),
+        files = {**self._state_files(), TRAINING_PROMPTS_NAME: ("\n".join(self.train_prompts) + "\n").encode()}
+        save_checkpoint(model, folder, text_encoder_path=prior, extra_files=files,
                         extra={"training": {"step": self.step, "views_per_prompt": self.views_per_prompt(),
                                             "prompt_set": self.cfg.prompts.set, "prompt_file": self.cfg.prompts.file,
                                             "train_fraction": self.cfg.prompts.train_fraction,

@@ -76,6 +76,19 @@ def test_render_colours_backgrounds_and_coverage():
     # coverage matches the sphere's projected disc (radius 0.65 at distance 3.2, fov 40 deg)
     expected = np.pi * (np.tan(np.arcsin(0.65 / 3.2)) / np.tan(np.radians(20)) * 16) ** 2
     assert mask[0].sum().item() == pytest.approx(expected, rel=0.05)
+    # depth: the closed-form ray-sphere distance on the 2x supersampled rays, averaged per pixel (float64)
+    from instant3d.cameras import generate_rays
+
+    _, mask, depth = render_scene(s, cams, 32, bg, return_depth=True)
+    origins, dirs = (x.double() for x in generate_rays(cams, 64))
+    half_b = (origins * dirs).sum(-1) / (dirs * dirs).sum(-1)
+    rest = ((origins**2).sum(-1) - 0.65**2) / (dirs * dirs).sum(-1)
+    exact = (-half_b - torch.sqrt(half_b**2 - rest).nan_to_num(0.0)) * dirs.norm(dim=-1)
+    exact = torch.nn.functional.avg_pool2d(exact[:, None], 2)[:, 0].reshape(2, -1)
+    covered = mask.reshape(2, -1) > 0.999
+    assert covered.sum() > 200 and torch.equal(depth.reshape(2, -1)[mask.reshape(2, -1) == 0],
+                                               torch.zeros(int((mask == 0).sum())))
+    assert torch.allclose(depth.reshape(2, -1)[covered].double(), exact[covered], atol=1e-3)
 
 
 def test_tiny_recipe_world_to_priors_to_sds_to_evaluation(tmp_path):

@@ -400,11 +400,13 @@ def test_supervised_objective_trains_against_ground_truth_renders(tmp_path):
     from training.trainer import Trainer
 
     cfg = load_config(SMOKE, [f'run.output_dir="{tmp_path}"', 'objective.mode="supervised"', 'prompts.set="toyworld"',
-                              "prompts.validation=[]", "optim.steps=8", "optim.lr=3e-3", "run.checkpoint_every=100"])
+                              "prompts.validation=[]", "optim.steps=8", "optim.lr=3e-3", "run.checkpoint_every=100",
+                              "objective.depth_weight=0.1"])
     trainer = Trainer(cfg)
     assert trainer.clip is None  # no CLIP loss or Perp-Neg in the photometric objective
     gen = torch.Generator().manual_seed(0)
-    first, _ = trainer.compute_loss(gen, 1.0)
+    first, stats = trainer.compute_loss(gen, 1.0)
+    assert stats["depth_error"] > 0  # some pixels are fully covered by the object and their depth is compared
     trainer.train()
     gen = torch.Generator().manual_seed(0)
     last, _ = trainer.compute_loss(gen, 1.0)

@@ -67,7 +67,7 @@ class GenerateAndRender(nn.Module):
     def forward(self, tokens, pooled, z, origins, dirs, render_options: dict):
         planes = self.model(tokens, pooled, z)
         out = render_rays(self.model.field, planes, origins, dirs, perturb=True, **render_options)
-        return out.color, out.opacity
+        return out.color, out.opacity, out.depth
 
 
 @dataclass
@@ -269,12 +269,14 @@ class Trainer:
         options = dict(num_samples=cfg.render.samples, num_importance=cfg.render.importance,
                        background=views.background, generator=gen, alpha=alpha, shading=views.shading,
                        light_dirs=views.light_dirs, ambient=cfg.render.ambient)
-        color, opacity = self.net(tokens, pooled, z, origins.reshape(b, -1, 3), dirs.reshape(b, -1, 3), options)
+        color, opacity, depth = self.net(tokens, pooled, z, origins.reshape(b, -1, 3), dirs.reshape(b, -1, 3),
+                                         options)
         res = cfg.render.resolution
         images = linear_to_srgb(color).view(b, res, res, 3).permute(0, 3, 1, 2)  # priors see sRGB images
         stats = {"opacity": float(opacity.detach().mean()), "shading": views.shading}
         if self.supervised:
-            return self._photometric_loss(prompts, views, images, opacity.view(b, res, res), stats)
+            return self._photometric_loss(prompts, views, images, opacity.view(b, res, res), depth.view(b, res, res),
+                                          stats)
         negative_scale, clip_loss = None, torch.zeros((), device=self.device)
         if self.clip is not None:
             features = self.clip.image_features(images if cfg.clip.weight > 0 else images.detach())
@@ -290,23 +292,33 @@ class Trainer:
         stats.update(sds=float(sds.loss.detach()), clip=float(clip_loss.detach()), sds_grad=sds.grad_norm)
         return loss, stats
 
-    def _photometric_loss(self, prompts, views, images, opacity, stats):
-        """The upper bound: the same renders compared with sphere-traced ground truth of the same views."""
+    def _photometric_loss(self, prompts, views, images, opacity, depth, stats):
+        """The upper bound: the same renders compared with sphere-traced ground truth of the same views: colour,
+        coverage and (``objective.depth_weight``) depth, which asks for a crisp surface instead of a thick fog that
+        looks the same."""
         from training.toyworld.render import render_scene
         from training.toyworld.scenes import scene_for_prompt
 
-        res = self.cfg.render.resolution
-        targets, masks = [], []
+        o, res = self.cfg.objective, self.cfg.render.resolution
+        targets, masks, depths = [], [], []
         for i, prompt in enumerate(prompts):
             cams = Cameras(views.cameras.rotation[i : i + 1].cpu(), views.cameras.position[i : i + 1].cpu(),
                            views.cameras.fov_deg[i : i + 1].cpu())
-            img, mask = render_scene(scene_for_prompt(prompt), cams, res, views.background[i : i + 1].cpu(),
-                                     views.shading, views.light_dirs[i : i + 1].cpu(), self.cfg.render.ambient)
+            img, mask, true_depth = render_scene(
+                scene_for_prompt(prompt), cams, res, views.background[i : i + 1].cpu(), views.shading,
+                views.light_dirs[i : i + 1].cpu(), self.cfg.render.ambient, return_depth=True)
             targets.append(img)
             masks.append(mask)
+            depths.append(true_depth)
         target = linear_to_srgb(torch.cat(targets)).permute(0, 3, 1, 2).to(self.device)
-        loss = F.mse_loss(images, target) + self.cfg.objective.mask_weight * F.mse_loss(
-            opacity, torch.cat(masks).to(self.device))
+        mask = torch.cat(masks).to(self.device)
+        loss = F.mse_loss(images, target) + o.mask_weight * F.mse_loss(opacity, mask)
+        if o.depth_weight > 0:
+            covered = mask > 0.999  # nerfacc's depth is sum(w t): equal to the surface distance once opacity is 1
+            if covered.any():
+                depth_error = (depth[covered] - torch.cat(depths).to(self.device)[covered]).abs().mean()
+                loss = loss + o.depth_weight * depth_error
+                stats["depth_error"] = float(depth_error.detach())
         stats.update(sds=float(loss.detach()), clip=0.0, sds_grad=0.0)
         return loss, stats
 
@@ -388,6 +400,8 @@ class Trainer:
         w.add_scalar("render/opacity", stats["opacity"], s)
         w.add_scalar("alpha", alpha, s)
         w.add_scalar("lr", self.optimizer.param_groups[0]["lr"], s)
+        if "depth_error" in stats:
+            w.add_scalar("loss/depth_error", stats["depth_error"], s)
         if "opacity_entropy" in stats:
             w.add_scalar("render/opacity_entropy", stats["opacity_entropy"], s)
         w.add_scalar("time/step_seconds", seconds, s)

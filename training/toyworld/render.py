@@ -25,8 +25,10 @@ def _normals(scene: Scene, points: torch.Tensor, eps: float = 1e-3) -> torch.Ten
 @torch.no_grad()
 def render_scene(scene: Scene, cameras: Cameras, size: int, background: torch.Tensor, shading: str = "albedo",
                  light_dirs: torch.Tensor | None = None, ambient: float = 0.1, supersample: int = 2,
-                 max_steps: int = 96, bound: float = 1.0):
-    """Images (B, size, size, 3) linear and coverage (B, size, size) of ``scene`` from each camera.
+                 max_steps: int = 96, bound: float = 1.0, return_depth: bool = False):
+    """Images (B, size, size, 3) linear and coverage (B, size, size) of ``scene`` from each camera
+    [and, with ``return_depth``, the mean distance along the ray to the surface over the pixel's hit sub-pixels
+    (B, size, size), 0 where nothing is hit].
 
     ``background`` (B, 3) linear; ``shading`` as the training renderer: "albedo", "lambertian" (albedo x
     (ambient + (1 - ambient) max(n.l, 0))) or "textureless" (white, shaded); ``light_dirs`` (B, 3).
@@ -61,7 +63,11 @@ def render_scene(scene: Scene, cameras: Cameras, size: int, background: torch.Te
             colour[idx] = albedo * lam if shading == "lambertian" else lam.expand(-1, 3)
     mask = hit.float().view(b, hi, hi, 1)
     image = colour.view(b, hi, hi, 3) * mask + background.view(b, 1, 1, 3) * (1 - mask)
+    depth = torch.where(hit, t, torch.zeros_like(t)).view(b, hi, hi, 1)
     if supersample > 1:  # box filter down to the requested size
         image = F.avg_pool2d(image.permute(0, 3, 1, 2), supersample).permute(0, 2, 3, 1)
+        depth = F.avg_pool2d(depth.permute(0, 3, 1, 2), supersample).permute(0, 2, 3, 1)
         mask = F.avg_pool2d(mask.permute(0, 3, 1, 2), supersample).permute(0, 2, 3, 1)
+    if return_depth:
+        return image, mask[..., 0], torch.where(mask > 0, depth / mask.clamp_min(1e-8), depth)[..., 0]
     return image, mask[..., 0]

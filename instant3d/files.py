@@ -33,6 +33,14 @@ def atomic_path(path, suffix: str | None = None):
         raise
 
 
+def _ordinary_permissions(folder: Path) -> None:
+    """mkdtemp (and some writers) leave things private; give them the permissions of anything newly made."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_folder(target):
     """Yield a temporary folder beside ``target``; on success it replaces ``target`` (an existing one is moved
@@ -42,6 +50,7 @@ def atomic_folder(target):
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        _ordinary_permissions(tmp)
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")

@@ -37,3 +37,30 @@ def test_toy_clip_retrieves_ground_truth_renders():
     best = (feats @ clip.text_features(prompts).T).argmax(-1)
     hits = sum(prompts[int(i)] == p for i, p in zip(best, chosen))
     assert hits / len(chosen) >= 0.6  # chance is 1/750; the trained CLIP scores 0.83 on random views
+
+
+def test_the_default_checkpoint_loads_from_assets_and_makes_the_right_objects():
+    """What a fresh checkout's app loads: held-out prompts give the right shape and colour (exact ground truth)."""
+    from instant3d import Instant3DPipeline
+    from training.toyworld import prompt_split
+    from training.toyworld.metrics import colour_scores, geometry_iou
+
+    pipe = Instant3DPipeline.from_pretrained(device="cpu")
+    assert pipe.source.parent == ASSETS / "checkpoints"
+    _, held_out = prompt_split()
+    for prompt in spread_subset(held_out, 4):
+        out, scene = pipe(prompt), scene_for_prompt(prompt)
+        assert geometry_iou(out, scene) > 0.6, prompt
+        assert colour_scores(out, scene)[0] > 0.6, prompt
+        assert out.notes == []  # every word is one the model trained on
+
+
+def test_every_example_uses_only_words_every_bundled_checkpoint_knows():
+    from instant3d.pipeline import bundled_checkpoints, load_vocabulary, unknown_words_note
+
+    examples = [line for line in (ASSETS / "examples.txt").read_text().splitlines() if line.strip()]
+    assert len(examples) >= 4
+    for name, folder in bundled_checkpoints().items():
+        vocabulary = load_vocabulary(folder)
+        assert vocabulary, f"{name} has no training_prompts.txt"
+        assert [e for e in examples if unknown_words_note(e, vocabulary)] == [], name

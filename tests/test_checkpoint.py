@@ -95,3 +95,22 @@ def test_failed_save_leaves_the_old_checkpoint(tmp_path, tiny_checkpoint, monkey
         save_checkpoint(Instant3DModel(model.config), target, text_encoder_path="x")
     assert (target / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_atomic_folders_end_up_with_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    from instant3d.files import atomic_folder
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_folder(tmp_path / "made") as tmp:
+            (tmp / "sub").mkdir()
+            (tmp / "sub" / "weights.bin").write_bytes(b"x")
+            os.chmod(tmp / "sub" / "weights.bin", 0o600)  # as some writers leave them
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "made").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "made" / "sub").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "made" / "sub" / "weights.bin").stat().st_mode) == 0o644

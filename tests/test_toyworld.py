@@ -143,47 +143,22 @@ def test_tiny_recipe_world_to_priors_to_sds_to_evaluation(tmp_path):
     assert evaluate(["--toyworld", "--checkpoint", str(checkpoint), "--clip", str(clip_dir), "--limit", "2",
                      "--views", "2", "--size", "32", "--output", str(report)]) == 0
     metrics = json.loads(report.read_text())
-    assert set(metrics) == {"held_out", "train"}
+    assert set(metrics) == {"held_out", "train", "ground_truth/held_out", "ground_truth/train"}
     for split in metrics.values():
         assert split["prompts"] == 2 and split["queries"] == len(all_prompts())
         assert 0 <= split["iou"] <= 1 and 0 <= split["colour_accuracy"] <= 1 and 0 < split["retrieval_probability"] < 1
-
-
-class _PerfectOutput:
-    """An output-like object that holds a scene exactly (what a perfect generator would give)."""
-
-    def __init__(self, scene, shift=(0.0, 0.0, 0.0), render_as=None):
-        from instant3d.config import RenderConfig
-
-        self.scene, self.shift, self.bound = scene, torch.tensor(shift), 1.0
-        self.render_config = RenderConfig()
-        self.render_as = render_as
-
-    def density_grid(self, resolution):
-        from training.toyworld.metrics import voxel_centres
-
-        inside = self.scene.occupancy(voxel_centres(resolution) - self.shift)
-        return (inside.float() * 100).view(resolution, resolution, resolution)
-
-    def albedo(self, points):
-        return self.scene.albedo(points - self.shift)
-
-    def render(self, azimuth, elevation, size=64):
-        from instant3d.color import to_uint8_srgb
-
-        cams = orbit_cameras(self.render_as if self.render_as is not None else azimuth, elevation,
-                             self.render_config.camera_radius, self.render_config.fov_deg)
-        img, _ = render_scene(self.scene, cams, size, torch.ones(1, 3))
-        return to_uint8_srgb(img[0])
+    for split in ("ground_truth/held_out", "ground_truth/train"):  # the exact scenes: the ceiling of the metrics
+        assert metrics[split]["iou"] == 1.0 and metrics[split]["colour_accuracy"] == 1.0
 
 
 def test_metrics_of_a_perfect_and_a_shifted_object():
+    from training.toyworld.ground_truth import GroundTruthOutput
     from training.toyworld.metrics import colour_scores, geometry_iou
 
     scene = scene_for_prompt("a red cube on top of a blue sphere")
-    assert geometry_iou(_PerfectOutput(scene), scene) == 1.0
-    assert colour_scores(_PerfectOutput(scene), scene) == (1.0, 0.0)
-    shifted = _PerfectOutput(scene, shift=(0.15, 0.0, 0.0))
+    assert geometry_iou(GroundTruthOutput(scene), scene) == 1.0
+    assert colour_scores(GroundTruthOutput(scene), scene) == (1.0, 0.0)
+    shifted = GroundTruthOutput(scene, shift=(0.15, 0.0, 0.0))
     assert 0.2 < geometry_iou(shifted, scene) < 0.8
     accuracy, error = colour_scores(shifted, scene)
     assert accuracy < 1.0 and error > 0.0
@@ -192,9 +167,10 @@ def test_metrics_of_a_perfect_and_a_shifted_object():
 def test_janus_is_a_back_view_that_looks_like_the_front(tmp_path):
     from training.clip_model import CLIPScorer
     from training.random_priors import save_random_clip
+    from training.toyworld.ground_truth import GroundTruthOutput
     from training.toyworld.metrics import is_janus
 
     clip = CLIPScorer.from_folder(save_random_clip(tmp_path / "clip"))
     scene = scene_for_prompt("a white snowman with a carrot nose")
-    assert not is_janus(_PerfectOutput(scene), scene, clip)
-    assert is_janus(_PerfectOutput(scene, render_as=0.0), scene, clip)  # shows its face from behind
+    assert not is_janus(GroundTruthOutput(scene), scene, clip)
+    assert is_janus(GroundTruthOutput(scene, render_as=0.0), scene, clip)  # shows its face from behind

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from instant3d.files import atomic_folder
 from instant3d.text_encoder import quiet_transformers
 
 from ..clip_model import CLIP_MEAN, CLIP_STD
@@ -170,13 +171,13 @@ def main(argv=None) -> int:
             acc = retrieval_accuracy(model, tokenizer, test, prompts, args.max_length)
             log.info("step %d: top-1 retrieval among %d prompts on held-out renders: %.3f", step, n_prompts, acc)
     acc = retrieval_accuracy(model, tokenizer, test, prompts, args.max_length, limit=10_000)
-    with quiet_transformers():
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
     command = " ".join(["python -m training.toyworld.clip_train", *(argv if argv is not None else sys.argv[1:])])
-    (out / "TRAINING.md").write_text(
-        f"Trained by `{command}` ({args.views} renders per prompt at {args.image_size}^2, batch {args.batch}).\n"
-        f"Top-1 retrieval among all {n_prompts} prompts on held-out renders (textureless excluded): {acc:.3f}\n")
+    with quiet_transformers(), atomic_folder(out) as tmp:  # a crash never leaves a half-written export
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "TRAINING.md").write_text(
+            f"Trained by `{command}` ({args.views} renders per prompt at {args.image_size}^2, batch {args.batch}).\n"
+            f"Top-1 retrieval among all {n_prompts} prompts on held-out renders (textureless excluded): {acc:.3f}\n")
     log.info("wrote %s; held-out top-1 retrieval %.3f", out, acc)
     return 0
 

@@ -149,19 +149,16 @@ def toyworld_main(args) -> int:
     chosen = list(splits) if args.split in (None, "all") else [args.split]
     pipe = Instant3DPipeline.from_pretrained(args.checkpoint, device=args.device)
     clip = CLIPScorer.from_folder(args.clip, pipe.device)
-    rows, report = [], {}
-    for split in chosen:
-        prompts = splits[split][: args.limit] if args.limit else splits[split]
-        metrics = toyworld_report(pipe, clip, prompts, all_prompts(), args.views, min(args.size, 128))
-        rows.append((f"{Path(args.checkpoint).name} / {split}", metrics))
-        report[split] = metrics
+    sources = [(Path(args.checkpoint).name, "", pipe)]
     if not args.no_ceiling:  # the exact scenes through the same protocol: what a perfect generator would score
-        truth = GroundTruthPipeline(pipe.config.render)
+        sources.append(("ground truth (ceiling)", "ground_truth/", GroundTruthPipeline(pipe.config.render)))
+    rows, report = [], {}
+    for label, key, source in sources:
         for split in chosen:
             prompts = splits[split][: args.limit] if args.limit else splits[split]
-            metrics = toyworld_report(truth, clip, prompts, all_prompts(), args.views, min(args.size, 128))
-            rows.append((f"ground truth (ceiling) / {split}", metrics))
-            report[f"ground_truth/{split}"] = metrics
+            metrics = toyworld_report(source, clip, prompts, all_prompts(), args.views, min(args.size, 128))
+            rows.append((f"{label} / {split}", metrics))
+            report[key + split] = metrics
     print_table(rows)
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2))

@@ -42,13 +42,13 @@ def same_encodings(a: TextEncoder, b: TextEncoder, prompts: list[str], atol: flo
     return ta.shape == tb.shape and torch.allclose(ta, tb, atol=atol) and torch.allclose(pa, pb, atol=atol)
 
 
-def model_card(name: str, meta: dict, args) -> str:
+def model_card(name: str, meta: dict, args, ema: bool) -> str:
     training = meta.get("training", {})
     lines = [
         f"# {name}",
         "",
         f"An instant3d generator checkpoint (config.json + model.safetensors, "
-        f"{'EMA weights' if args.ema else 'the trained weights'}), trained by this project.",
+        f"{'EMA weights' if ema else 'the trained weights'}), trained by this project.",
         "",
         f"- made by: `{args.made_by}`" if args.made_by else "- made by: (not recorded)",
         f"- training step: {training.get('step', '?')}, views per prompt: "
@@ -109,13 +109,13 @@ def publish(args) -> Path:
             "encoder this checkpoint trained with: publish it with that encoder (or a copy of it)"
         )
     state = source / STATE_JSON
-    args.ema = state.is_file() and json.loads(state.read_text()).get("config", {}).get("optim", {}).get(
+    ema = state.is_file() and json.loads(state.read_text()).get("config", {}).get("optim", {}).get(
         "ema_decay", 0) > 0
     reference = os.path.relpath(encoder.resolve(), out.resolve())
     extra = {k: v for k, v in meta.items() if k not in ("_class_name", "_format_version", "model", "text_encoder")}
     extra["published_from"] = {"step_folder": source.name, "made_by": args.made_by, "wall_time": args.wall_time,
                                "machine": args.machine}
-    files = {"README.md": model_card(out.name, {**meta, "text_encoder": reference}, args).encode()}
+    files = {"README.md": model_card(out.name, {**meta, "text_encoder": reference}, args, ema).encode()}
     if prompts:
         files[TRAINING_PROMPTS_NAME] = ("\n".join(prompts) + "\n").encode()
     save_checkpoint(model, out, text_encoder_path=reference, extra=extra, extra_files=files)

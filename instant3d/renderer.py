@@ -21,6 +21,7 @@ class RenderResult:
     color: torch.Tensor  # (..., 3), background composited
     opacity: torch.Tensor  # (...)
     depth: torch.Tensor  # (...), expected depth of the visible surface (meaningless where opacity ~ 0)
+    depth_variance: torch.Tensor | None = None  # (...), spread of where the ray's light is absorbed (fog: large)
 
 
 def stratified_samples(t_near, t_far, n: int, perturb: bool = False, generator=None) -> torch.Tensor:
@@ -122,13 +123,17 @@ def render_rays(
 
     bg = torch.as_tensor(background, dtype=rgb.dtype, device=rgb.device)
     bg = bg.view(-1, 1, 3).expand(b, n, 3).reshape(b * n, 3) if bg.dim() == 2 else bg
-    color, opacity, depth, _ = nerfacc.rendering(
+    color, opacity, depth, extras = nerfacc.rendering(
         starts.reshape(b * n, -1),
         ends.reshape(b * n, -1),
         rgb_sigma_fn=lambda *_: (rgb.reshape(b * n, -1, 3), sigma.reshape(b * n, -1)),
         render_bkgd=bg,
     )
-    return RenderResult(color.view(b, n, 3), opacity.view(b, n), depth.view(b, n))
+    # sum_i w_i (t_i - depth)^2 (nerfacc's depth is already the weighted mean): Magic3D's z-variance, small for a
+    # thin surface, large for a fog that absorbs the same light over a long stretch of the ray
+    mids = ((starts + ends) / 2).reshape(b * n, -1)
+    variance = (extras["weights"] * (mids - depth.view(b * n, 1)) ** 2).sum(-1)
+    return RenderResult(color.view(b, n, 3), opacity.view(b, n), depth.view(b, n), variance.view(b, n))
 
 
 @torch.no_grad()

@@ -47,6 +47,24 @@ def test_opaque_sphere_depth_is_the_distance_to_its_surface():
     out = render_rays(field, NO_PLANES, o, d, num_samples=64, num_importance=64)
     assert out.opacity.item() == pytest.approx(1.0, abs=1e-6)
     assert out.depth.item() == pytest.approx(2.5, abs=0.02)
+    assert out.depth_variance.item() < 1e-3  # a thin shell absorbs it all
+
+
+@pytest.mark.parametrize("sigma", [0.5, 2.0, 6.0])
+def test_depth_variance_of_a_uniform_fog_matches_dense_float64_integration(sigma):
+    """Through a uniform sphere of diameter 1 the light is absorbed with density w(s) = sigma exp(-sigma s) over
+    s in [0, 1]; the renderer's z-variance should be the integral of w (s - mean)^2, mean = int w s / int w."""
+    import numpy as np
+
+    field = AnalyticField(radius=0.5, sigma=sigma)
+    o, d = _center_ray(azimuth=-50.0, elevation=30.0)
+    out = render_rays(field, NO_PLANES, o, d, num_samples=128, num_importance=128)
+    s = np.linspace(0.0, 1.0, 2_000_001, dtype=np.float64)
+    w = sigma * np.exp(-sigma * s)
+    mean = np.trapezoid(w * s, s) / np.trapezoid(w, s)
+    expected = np.trapezoid(w * (s - mean) ** 2, s)
+    assert out.depth.item() == pytest.approx(2.5 + mean, abs=0.01)
+    assert out.depth_variance.item() == pytest.approx(expected, rel=0.03)
 
 
 def test_empty_field_renders_the_background_exactly():

@@ -440,11 +440,14 @@ def test_opacity_entropy_matches_the_binary_entropy_in_float64(tmp_path):
     from training.trainer import Trainer
 
     trainer = Trainer(load_config(SMOKE, [f'run.output_dir="{tmp_path}"', "prompts.validation=[]",
-                                          "objective.opacity_entropy=2.0", "objective.opacity_sparsity=0.5"]))
+                                          "objective.opacity_entropy=2.0", "objective.opacity_sparsity=0.5",
+                                          "objective.depth_variance=3.0"]))
     opacity = torch.tensor([[0.0, 0.5, 0.9, 1.0]])
+    variance = torch.tensor([[0.0, 0.1, 0.2, 0.3]])
     stats = {}
-    value = trainer._opacity_terms(opacity, stats)
+    value = trainer._opacity_terms(opacity, variance, stats)
     p = np.clip(np.array([0.0, 0.5, 0.9, 1.0], dtype=np.float64), 1e-5, 1 - 1e-5)
     entropy = float(np.mean(-(p * np.log(p) + (1 - p) * np.log(1 - p))))
     assert stats["opacity_entropy"] == pytest.approx(entropy, rel=1e-4)
-    assert value.item() == pytest.approx(2.0 * entropy + 0.5 * 0.6, rel=1e-4)
+    assert stats["depth_variance"] == pytest.approx(0.15, rel=1e-6)
+    assert value.item() == pytest.approx(2.0 * entropy + 0.5 * 0.6 + 3.0 * 0.15, rel=1e-4)

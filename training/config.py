@@ -21,6 +21,7 @@ class ObjectiveSection:
     depth_weight: float = 0.0  # supervised: weight of |rendered depth - true depth| on fully covered pixels
     opacity_entropy: float = 0.0  # SDS only: weight of the binary entropy of each pixel's opacity (haze -> 0 or 1)
     opacity_sparsity: float = 0.0  # SDS only: weight of the mean opacity (fewer floaters; too much erases thin shapes)
+    depth_variance: float = 0.0  # SDS only: weight of each ray's z-variance (Magic3D): a thin surface, not a fog
 
 
 @dataclass
@@ -165,6 +166,7 @@ def check_config(cfg: TrainConfig) -> None:
     if o.warmup_steps and o.lr_schedule == "constant":
         raise ValueError('optim.warmup_steps > 0 needs a schedule with warm-up, e.g. '
                          'optim.lr_schedule="constant_with_warmup" or "cosine"')
-    if cfg.objective.mode == "supervised" and (cfg.objective.opacity_entropy or cfg.objective.opacity_sparsity):
-        raise ValueError("objective.opacity_entropy / opacity_sparsity apply to SDS only; the supervised "
-                         "objective already fits opacity to the ground-truth mask: set them to 0")
+    ob = cfg.objective
+    if ob.mode == "supervised" and (ob.opacity_entropy or ob.opacity_sparsity or ob.depth_variance):
+        raise ValueError("objective.opacity_entropy / opacity_sparsity / depth_variance apply to SDS only; the "
+                         "supervised objective already fits opacity and depth to the ground truth: set them to 0")

@@ -67,7 +67,7 @@ class GenerateAndRender(nn.Module):
     def forward(self, tokens, pooled, z, origins, dirs, render_options: dict):
         planes = self.model(tokens, pooled, z)
         out = render_rays(self.model.field, planes, origins, dirs, perturb=True, **render_options)
-        return out.color, out.opacity, out.depth
+        return out.color, out.opacity, out.depth, out.depth_variance
 
 
 @dataclass
@@ -185,8 +185,8 @@ class Trainer:
         return get_scheduler(o.lr_schedule, self.optimizer, num_warmup_steps=o.warmup_steps,
                              num_training_steps=o.steps, last_epoch=self.step - 1)
 
-    def _opacity_terms(self, opacity: torch.Tensor, stats: dict) -> torch.Tensor:
-        """Optional regularisers of the rendered per-pixel opacity (objective.opacity_entropy / _sparsity)."""
+    def _opacity_terms(self, opacity: torch.Tensor, depth_variance: torch.Tensor, stats: dict) -> torch.Tensor:
+        """Optional regularisers of where light is absorbed (objective.opacity_entropy / _sparsity / depth_variance)."""
         o = self.cfg.objective
         total = torch.zeros((), device=opacity.device)
         if o.opacity_entropy > 0:
@@ -196,6 +196,10 @@ class Trainer:
             stats["opacity_entropy"] = float(entropy.detach())
         if o.opacity_sparsity > 0:
             total = total + o.opacity_sparsity * opacity.mean()
+        if o.depth_variance > 0:
+            variance = depth_variance.mean()
+            total = total + o.depth_variance * variance
+            stats["depth_variance"] = float(variance.detach())
         return total
 
     # -- checkpoints --------------------------------------------------------------------------------------------
@@ -269,8 +273,8 @@ class Trainer:
         options = dict(num_samples=cfg.render.samples, num_importance=cfg.render.importance,
                        background=views.background, generator=gen, alpha=alpha, shading=views.shading,
                        light_dirs=views.light_dirs, ambient=cfg.render.ambient)
-        color, opacity, depth = self.net(tokens, pooled, z, origins.reshape(b, -1, 3), dirs.reshape(b, -1, 3),
-                                         options)
+        color, opacity, depth, depth_variance = self.net(tokens, pooled, z, origins.reshape(b, -1, 3),
+                                                         dirs.reshape(b, -1, 3), options)
         res = cfg.render.resolution
         images = linear_to_srgb(color).view(b, res, res, 3).permute(0, 3, 1, 2)  # priors see sRGB images
         stats = {"opacity": float(opacity.detach().mean()), "shading": views.shading}
@@ -288,7 +292,7 @@ class Trainer:
             if cfg.clip.weight > 0:
                 clip_loss = self.clip.loss(features, prompts)
         sds = self.guidance.sds(images, prompts, views.azimuth, views.elevation, negative_scale, gen)
-        loss = sds.loss + cfg.clip.weight * clip_loss + self._opacity_terms(opacity, stats)
+        loss = sds.loss + cfg.clip.weight * clip_loss + self._opacity_terms(opacity, depth_variance, stats)
         stats.update(sds=float(sds.loss.detach()), clip=float(clip_loss.detach()), sds_grad=sds.grad_norm)
         return loss, stats
 
@@ -404,6 +408,8 @@ class Trainer:
             w.add_scalar("loss/depth_error", stats["depth_error"], s)
         if "opacity_entropy" in stats:
             w.add_scalar("render/opacity_entropy", stats["opacity_entropy"], s)
+        if "depth_variance" in stats:
+            w.add_scalar("render/depth_variance", stats["depth_variance"], s)
         w.add_scalar("time/step_seconds", seconds, s)
         w.add_scalar("skipped_steps", self.bad_steps_total, s)
         w.add_scalar("views_per_prompt", self.views_per_prompt(), s)

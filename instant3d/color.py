@@ -13,6 +13,17 @@ def linear_to_srgb(x):
     return lib.where(x <= 0.0031308, 12.92 * x, 1.055 * lib.clip(x, 0.0031308, None) ** (1 / 2.4) - 0.055)
 
 
+def linear_to_srgb_unbounded(x: torch.Tensor) -> torch.Tensor:
+    """The sRGB curve continued above 1 (only negatives are clipped), for training renders.
+
+    With the scaled sigmoid at alpha < 1 the albedo ranges over (0, 1/alpha); clipping at 1 would zero the gradient of
+    every channel above 1, which at the start of training (raw 0 -> 1/alpha) is every channel of every solid pixel.
+    Unclipped, a too-bright render reaches the prior as such and its gradient brings it back into range.
+    """
+    x = x.clamp_min(0.0)
+    return torch.where(x <= 0.0031308, 12.92 * x, 1.055 * x.clamp_min(0.0031308) ** (1 / 2.4) - 0.055)
+
+
 def srgb_to_linear(x):
     lib = torch if isinstance(x, torch.Tensor) else np
     x = lib.clip(x, 0.0, 1.0)

@@ -34,6 +34,11 @@ class TriplaneField(nn.Module):
         in_dim = plane_channels * (3 if cfg.aggregation == "concat" else 1)
         dims = (in_dim, *cfg.hidden_dims, 4)
         self.layers = nn.ModuleList(EqualLinear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        # The hidden Softplus outputs are all positive, so random albedo rows would give every object of a fresh
+        # model one shared colour cast (green with seed 0), which SDS then takes thousands of steps to undo;
+        # zero rows start every object neutral grey and still learn (their gradient is the hidden activation).
+        with torch.no_grad():
+            self.layers[-1].weight[1:].zero_()
 
     # -- pointwise queries ----------------------------------------------------------------------------
     def plane_features(self, planes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:

@@ -77,3 +77,33 @@ def test_bake_equals_the_field_at_grid_points(aggregation):
         sigma, albedo = field(planes, points)
     assert torch.allclose(baked[0].reshape(-1), sigma[0], rtol=1e-4, atol=1e-5)
     assert torch.allclose(baked[1:].reshape(3, -1).T, albedo[0], atol=1e-5)
+
+
+def test_training_srgb_curve_matches_the_standard_in_range_and_keeps_gradients_above_one():
+    """The scaled sigmoid at alpha < 1 gives albedo up to 1/alpha; the curve the priors see must not go flat there."""
+    from instant3d.color import linear_to_srgb, linear_to_srgb_unbounded
+
+    x = torch.linspace(0, 1, 1001, dtype=torch.float64)
+    assert torch.allclose(linear_to_srgb_unbounded(x), linear_to_srgb(x), atol=0, rtol=0)
+    above = torch.tensor([1.0, 1.5, 2.0], dtype=torch.float64, requires_grad=True)
+    y = linear_to_srgb_unbounded(above)
+    expected = 1.055 * above.detach() ** (1 / 2.4) - 0.055  # the IEC 61966-2-1 formula, continued
+    assert torch.allclose(y, expected.to(y.dtype)) and bool((y[1:] > 1).all())
+    (grad,) = torch.autograd.grad(y.sum(), above)
+    assert bool((grad > 0).all())  # the clipped curve has zero gradient at 1.5 and 2
+    clipped = above.detach().clone().requires_grad_(True)
+    (flat,) = torch.autograd.grad(linear_to_srgb(clipped).sum(), clipped)
+    assert flat[1:].abs().max() == 0
+    assert linear_to_srgb_unbounded(torch.tensor([-0.5])).item() == 0.0
+
+
+def test_a_fresh_field_is_neutral_grey_everywhere_and_its_albedo_still_learns():
+    torch.manual_seed(0)
+    field = TriplaneField(FieldConfig(), plane_channels=8)
+    planes = torch.randn(2, 3, 8, 16, 16)
+    points = torch.rand(2, 500, 3) * 2 - 1
+    sigma, albedo = field(planes, points, alpha=1.0)
+    assert torch.equal(albedo, torch.full_like(albedo, 0.5))  # no colour cast from the random init
+    assert sigma.std() > 0  # density still depends on the planes
+    albedo[..., 0].sum().backward()
+    assert field.layers[-1].weight.grad[1].abs().sum() > 0  # the red row learns

@@ -449,5 +449,6 @@ def test_opacity_entropy_matches_the_binary_entropy_in_float64(tmp_path):
     p = np.clip(np.array([0.0, 0.5, 0.9, 1.0], dtype=np.float64), 1e-5, 1 - 1e-5)
     entropy = float(np.mean(-(p * np.log(p) + (1 - p) * np.log(1 - p))))
     assert stats["opacity_entropy"] == pytest.approx(entropy, rel=1e-4)
-    assert stats["depth_variance"] == pytest.approx(0.15, rel=1e-6)
-    assert value.item() == pytest.approx(2.0 * entropy + 0.5 * 0.6 + 3.0 * 0.15, rel=1e-4)
+    variance_of_solid_rays = (0.2 / 0.9 + 0.3 / 1.0) / 2  # rays at most half opaque are left out, the rest normalised
+    assert stats["depth_variance"] == pytest.approx(variance_of_solid_rays, rel=1e-6)
+    assert value.item() == pytest.approx(2.0 * entropy + 0.5 * 0.6 + 3.0 * variance_of_solid_rays, rel=1e-4)

@@ -21,7 +21,7 @@ class ObjectiveSection:
     depth_weight: float = 0.0  # supervised: weight of |rendered depth - true depth| on fully covered pixels
     opacity_entropy: float = 0.0  # SDS only: weight of the binary entropy of each pixel's opacity (haze -> 0 or 1)
     opacity_sparsity: float = 0.0  # SDS only: weight of the mean opacity (fewer floaters; too much erases thin shapes)
-    depth_variance: float = 0.0  # SDS only: weight of each ray's z-variance (Magic3D): a thin surface, not a fog
+    depth_variance: float = 0.0  # SDS only: weight of the z-variance of half-opaque rays: a thin surface, not a fog
 
 
 @dataclass

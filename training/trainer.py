@@ -33,7 +33,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from instant3d.cameras import Cameras, generate_rays
 from instant3d.checkpoint import CheckpointError, load_model, save_checkpoint
-from instant3d.color import linear_to_srgb
+from instant3d.color import linear_to_srgb, linear_to_srgb_unbounded
 from instant3d.config import preset_config
 from instant3d.model import Instant3DModel
 from instant3d.pipeline import TRAINING_PROMPTS_NAME, Instant3DOutput, style_noise
@@ -197,7 +197,11 @@ class Trainer:
         if o.opacity_sparsity > 0:
             total = total + o.opacity_sparsity * opacity.mean()
         if o.depth_variance > 0:
-            variance = depth_variance.mean()
+            # normalised per ray and averaged over rays at least half opaque (as threestudio's z-variance loss):
+            # the unnormalised sum is smallest for an empty ray, which would reward erasing the object
+            solid = opacity.detach() > 0.5
+            per_ray = depth_variance / opacity.clamp_min(1e-6)
+            variance = (per_ray * solid).sum() / solid.sum().clamp_min(1)
             total = total + o.depth_variance * variance
             stats["depth_variance"] = float(variance.detach())
         return total
@@ -276,11 +280,13 @@ class Trainer:
         color, opacity, depth, depth_variance = self.net(tokens, pooled, z, origins.reshape(b, -1, 3),
                                                          dirs.reshape(b, -1, 3), options)
         res = cfg.render.resolution
-        images = linear_to_srgb(color).view(b, res, res, 3).permute(0, 3, 1, 2)  # priors see sRGB images
         stats = {"opacity": float(opacity.detach().mean()), "shading": views.shading}
         if self.supervised:
+            images = linear_to_srgb(color).view(b, res, res, 3).permute(0, 3, 1, 2)
             return self._photometric_loss(prompts, views, images, opacity.view(b, res, res), depth.view(b, res, res),
                                           stats)
+        # priors see sRGB images; above 1 (scaled sigmoid, alpha < 1) the curve goes on so that gradients flow
+        images = linear_to_srgb_unbounded(color).view(b, res, res, 3).permute(0, 3, 1, 2)
         negative_scale, clip_loss = None, torch.zeros((), device=self.device)
         if self.clip is not None:
             features = self.clip.image_features(images if cfg.clip.weight > 0 else images.detach())

@@ -73,3 +73,22 @@ def test_every_example_uses_only_words_every_bundled_checkpoint_knows():
         vocabulary = load_vocabulary(folder)
         assert vocabulary, f"{name} has no training_prompts.txt"
         assert [e for e in examples if unknown_words_note(e, vocabulary)] == [], name
+
+
+def test_the_sds_checkpoint_makes_objects_not_an_empty_scene():
+    """The paper's method against our priors: held-out prompts give solid objects of roughly the right shape
+    (held-out mean IoU 0.545 over all 300 in the README), not the empty scene an SDS collapse leaves."""
+    from instant3d import Instant3DPipeline
+    from instant3d.pipeline import bundled_checkpoints
+    from training.toyworld import prompt_split
+    from training.toyworld.metrics import geometry_iou
+
+    pipe = Instant3DPipeline.from_pretrained(bundled_checkpoints()["toyworld-sds"], device="cpu")
+    _, held_out = prompt_split()
+    ious = []
+    for prompt in spread_subset(held_out, 6):
+        out, scene = pipe(prompt), scene_for_prompt(prompt)
+        ious.append(geometry_iou(out, scene))
+        assert ious[-1] > 0.1, prompt
+        assert out.notes == []
+    assert sum(ious) / len(ious) > 0.4, ious

@@ -1,4 +1,4 @@
-"""The paper's two ablations (section 4.4), in miniature, with the toy-world SDS recipe.
+"""The paper's two ablations, in miniature, with the toy-world SDS recipe.
 
     python -m training.toyworld.ablations sigmoid --out runs/ablation-sigmoid [--steps 600 --every 100 --iou 0.3]
     python -m training.toyworld.ablations perpneg --out runs/ablation-perpneg [--steps 600]
@@ -12,7 +12,8 @@
 
 Variants differ only in the ablated setting: same seed, prompts, cameras and steps. Each variant is an ordinary
 training run under ``--out``/<variant> (re-running resumes it, then re-scores). Extra ``section.key=value``
-arguments override the recipe for every variant (e.g. a smaller preset for a quick look).
+arguments override the recipe for every variant (e.g. a smaller preset for a quick look, or
+``model.init_checkpoint=...`` to ablate a fine-tuning of a trained checkpoint).
 """
 
 from __future__ import annotations

@@ -6,11 +6,15 @@ import numpy as np
 import torch
 
 
+def _srgb_curve(x, lib):
+    """The sRGB transfer function (IEC 61966-2-1) for values >= 0; above 1 the formula simply goes on."""
+    return lib.where(x <= 0.0031308, 12.92 * x, 1.055 * lib.clip(x, 0.0031308, None) ** (1 / 2.4) - 0.055)
+
+
 def linear_to_srgb(x):
     """The sRGB transfer function (IEC 61966-2-1) on values in [0, 1]; torch tensors or numpy arrays."""
     lib = torch if isinstance(x, torch.Tensor) else np
-    x = lib.clip(x, 0.0, 1.0)
-    return lib.where(x <= 0.0031308, 12.92 * x, 1.055 * lib.clip(x, 0.0031308, None) ** (1 / 2.4) - 0.055)
+    return _srgb_curve(lib.clip(x, 0.0, 1.0), lib)
 
 
 def linear_to_srgb_unbounded(x: torch.Tensor) -> torch.Tensor:
@@ -20,8 +24,7 @@ def linear_to_srgb_unbounded(x: torch.Tensor) -> torch.Tensor:
     every channel above 1, which at the start of training (raw 0 -> 1/alpha) is every channel of every solid pixel.
     Unclipped, a too-bright render reaches the prior as such and its gradient brings it back into range.
     """
-    x = x.clamp_min(0.0)
-    return torch.where(x <= 0.0031308, 12.92 * x, 1.055 * x.clamp_min(0.0031308) ** (1 / 2.4) - 0.055)
+    return _srgb_curve(x.clamp_min(0.0), torch)
 
 
 def srgb_to_linear(x):

@@ -21,7 +21,8 @@ class RenderResult:
     color: torch.Tensor  # (..., 3), background composited
     opacity: torch.Tensor  # (...)
     depth: torch.Tensor  # (...), expected depth of the visible surface (meaningless where opacity ~ 0)
-    depth_variance: torch.Tensor | None = None  # (...), spread of where the ray's light is absorbed (fog: large)
+    depth_variance: torch.Tensor | None = None  # (...), spread of where the ray's light is absorbed (fog: large);
+    # only when asked for (``with_depth_variance``: training's regulariser)
 
 
 def stratified_samples(t_near, t_far, n: int, perturb: bool = False, generator=None) -> torch.Tensor:
@@ -80,6 +81,7 @@ def render_rays(
     shading: str = "albedo",
     light_dirs: torch.Tensor | None = None,
     ambient: float = 0.1,
+    with_depth_variance: bool = False,
 ) -> RenderResult:
     """Render B x N rays through B triplanes: planes (B, 3, C, R, R), origins/dirs (B, N, 3) -> (B, N, ...).
 
@@ -129,11 +131,13 @@ def render_rays(
         rgb_sigma_fn=lambda *_: (rgb.reshape(b * n, -1, 3), sigma.reshape(b * n, -1)),
         render_bkgd=bg,
     )
-    # sum_i w_i (t_i - depth)^2 (nerfacc's depth is already the weighted mean): Magic3D's z-variance, small for a
-    # thin surface, large for a fog that absorbs the same light over a long stretch of the ray
-    mids = ((starts + ends) / 2).reshape(b * n, -1)
-    variance = (extras["weights"] * (mids - depth.view(b * n, 1)) ** 2).sum(-1)
-    return RenderResult(color.view(b, n, 3), opacity.view(b, n), depth.view(b, n), variance.view(b, n))
+    variance = None
+    if with_depth_variance:
+        # sum_i w_i (t_i - depth)^2 (nerfacc's depth is already the weighted mean): Magic3D's z-variance, small for a
+        # thin surface, large for a fog that absorbs the same light over a long stretch of the ray
+        mids = ((starts + ends) / 2).reshape(b * n, -1)
+        variance = (extras["weights"] * (mids - depth.view(b * n, 1)) ** 2).sum(-1).view(b, n)
+    return RenderResult(color.view(b, n, 3), opacity.view(b, n), depth.view(b, n), variance)
 
 
 @torch.no_grad()

@@ -44,7 +44,7 @@ def test_uniform_sphere_through_its_centre_has_closed_form_opacity(sigma):
 def test_opaque_sphere_depth_is_the_distance_to_its_surface():
     field = AnalyticField(radius=0.5, sigma=200.0)
     o, d = _center_ray(radius=3.0)
-    out = render_rays(field, NO_PLANES, o, d, num_samples=64, num_importance=64)
+    out = render_rays(field, NO_PLANES, o, d, num_samples=64, num_importance=64, with_depth_variance=True)
     assert out.opacity.item() == pytest.approx(1.0, abs=1e-6)
     assert out.depth.item() == pytest.approx(2.5, abs=0.02)
     assert out.depth_variance.item() < 1e-3  # a thin shell absorbs it all
@@ -58,7 +58,8 @@ def test_depth_variance_of_a_uniform_fog_matches_dense_float64_integration(sigma
 
     field = AnalyticField(radius=0.5, sigma=sigma)
     o, d = _center_ray(azimuth=-50.0, elevation=30.0)
-    out = render_rays(field, NO_PLANES, o, d, num_samples=128, num_importance=128)
+    out = render_rays(field, NO_PLANES, o, d, num_samples=128, num_importance=128, with_depth_variance=True)
+    assert render_rays(field, NO_PLANES, o, d, num_samples=8, num_importance=8).depth_variance is None  # not asked
     s = np.linspace(0.0, 1.0, 2_000_001, dtype=np.float64)
     w = sigma * np.exp(-sigma * s)
     mean = np.trapezoid(w * s, s) / np.trapezoid(w, s)

@@ -62,8 +62,10 @@ def clip_retrieval(pipe: Instant3DPipeline, clip: CLIPScorer, prompts: list[str]
             "prompts": len(prompts), "queries": len(queries), "views_per_prompt_scored": views}
 
 
-def toyworld_report(pipe, clip, prompts: list[str], queries: list[str], views: int = 4, size: int = 64) -> dict:
-    """IoU, colour accuracy / error, Janus rate and CLIP retrieval of ``prompts`` (toy-world prompts)."""
+@torch.no_grad()
+def object_scores(pipe, prompts: list[str], clip: CLIPScorer | None = None) -> dict:
+    """Mean geometry IoU and colour accuracy / error of ``prompts`` (toy-world prompts) against the exact scenes,
+    and, given a CLIP, the Janus rate of the front-facing ones."""
     from training.toyworld import scene_for_prompt
     from training.toyworld.metrics import colour_scores, geometry_iou, is_janus
 
@@ -74,13 +76,18 @@ def toyworld_report(pipe, clip, prompts: list[str], queries: list[str], views: i
         a, e = colour_scores(out, scene)
         accuracy.append(a)
         error.append(e)
-        if scene.front_facing:
+        if clip is not None and scene.front_facing:
             janus.append(is_janus(out, scene, clip))
         pipe.cache.clear()
-    metrics = clip_retrieval(pipe, clip, prompts, queries, views, size)
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
-    metrics.update(iou=mean(ious), colour_accuracy=mean(accuracy), colour_error=mean(error),
-                   janus_rate=mean([float(j) for j in janus]), janus_objects=len(janus))
+    return dict(iou=mean(ious), colour_accuracy=mean(accuracy), colour_error=mean(error),
+                janus_rate=mean([float(j) for j in janus]), janus_objects=len(janus))
+
+
+def toyworld_report(pipe, clip, prompts: list[str], queries: list[str], views: int = 4, size: int = 64) -> dict:
+    """IoU, colour accuracy / error, Janus rate and CLIP retrieval of ``prompts`` (toy-world prompts)."""
+    metrics = clip_retrieval(pipe, clip, prompts, queries, views, size)
+    metrics.update(object_scores(pipe, prompts, clip))
     return metrics
 
 

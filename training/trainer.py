@@ -66,7 +66,8 @@ class GenerateAndRender(nn.Module):
 
     def forward(self, tokens, pooled, z, origins, dirs, render_options: dict):
         planes = self.model(tokens, pooled, z)
-        out = render_rays(self.model.field, planes, origins, dirs, perturb=True, **render_options)
+        out = render_rays(self.model.field, planes, origins, dirs, perturb=True, with_depth_variance=True,
+                          **render_options)
         return out.color, out.opacity, out.depth, out.depth_variance
 
 

@@ -28,8 +28,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-import torch  # noqa: E402
-
 RECIPE = "training/configs/toyworld_sds.toml"
 SIGMOID_VARIANTS = {"scaled sigmoid": [], "plain sigmoid": ["optim.alpha_start=1.0"]}
 PERPNEG_VARIANTS = {name: [f'prior.perp_neg="{name}"'] for name in ("none", "fixed", "adaptive")}
@@ -71,25 +69,12 @@ def train_variant(folder: Path, prompt_file: Path, steps: int, every: int, overr
     return trainer.ckpt_dir
 
 
-@torch.no_grad()
 def score_checkpoint(checkpoint: Path, prompts: list[str], clip=None) -> dict:
-    """Mean geometry IoU of ``prompts`` (and their Janus rate when ``clip`` is given)."""
+    """IoU and colour of ``prompts`` with a checkpoint's weights (and their Janus rate when ``clip`` is given)."""
     from instant3d.pipeline import Instant3DPipeline
-    from training.toyworld import scene_for_prompt
-    from training.toyworld.metrics import geometry_iou, is_janus
+    from training.evaluate import object_scores
 
-    pipe = Instant3DPipeline.from_pretrained(checkpoint)
-    ious, janus = [], []
-    for prompt in prompts:
-        out, scene = pipe(prompt, seed=0), scene_for_prompt(prompt)
-        ious.append(geometry_iou(out, scene))
-        if clip is not None and scene.front_facing:
-            janus.append(float(is_janus(out, scene, clip)))
-        pipe.cache.clear()
-    result = {"iou": sum(ious) / len(ious)}
-    if janus:
-        result.update(janus_rate=sum(janus) / len(janus), janus_objects=len(janus))
-    return result
+    return object_scores(Instant3DPipeline.from_pretrained(checkpoint), prompts, clip)
 
 
 def run_sigmoid(args, prompt_file: Path, prompts: list[str]) -> dict:

@@ -44,9 +44,9 @@ def build_app(service: Instant3DService, model_concurrency: int = 1, export_defa
     ``export_defaults`` overrides the export settings the page starts with."""
     defaults = {**DEFAULT_EXPORT, **(export_defaults or {})}
 
-    def generate(prompt, seed, settings, model, progress=gr.Progress()):
+    def generate(prompt, seed, settings, model, shading, progress=gr.Progress()):
         try:
-            result = service.generate(prompt, seed, settings, progress=progress, model=model)
+            result = service.generate(prompt, seed, settings, progress=progress, model=model, shading=shading)
         except UserError as exc:
             raise gr.Error(str(exc)) from None
         for note in result.notes:
@@ -57,12 +57,24 @@ def build_app(service: Instant3DService, model_concurrency: int = 1, export_defa
         obj_zip = str(result.obj_zip) if result.obj_zip else None
         return str(result.video), glb, glb, obj_zip, timings, result.preview, current, 0, service.elevation
 
-    def render_view(azimuth, elevation, current):
+    def render_view(azimuth, elevation, current, shading):
         try:
             return service.render_view(current.get("prompt", ""), current.get("seed", 0), azimuth, elevation,
-                                       current.get("model"))
+                                       current.get("model"), shading)
         except UserError as exc:
             raise gr.Error(str(exc)) from None
+
+    def relight(shading, azimuth, elevation, current):
+        """The lighting changed: the same object's orbit and view, lit the new way (nothing before a first object)."""
+        if not current.get("prompt"):
+            return gr.skip(), gr.skip()
+        try:
+            video = service.orbit_video(current["prompt"], current.get("seed", 0), current.get("model"), shading)
+            view = service.render_view(current["prompt"], current.get("seed", 0), azimuth, elevation,
+                                       current.get("model"), shading)
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+        return str(video), view
 
     def reexport(current, settings, progress=gr.Progress()):
         progress(0.1, desc="mesh export")
@@ -81,6 +93,7 @@ def build_app(service: Instant3DService, model_concurrency: int = 1, export_defa
         current = gr.State({"prompt": "", "seed": 0})
         settings = gr.State(dict(defaults))
         chosen_model = gr.State(service.default_model)
+        chosen_lighting = gr.State("lit")
         gr.Markdown("## instant3d: text to 3D in one forward pass\nType a prompt and press **Generate**. "
                     "Drag the sliders to turn the object; download the GLB or the OBJ zip.")
         with gr.Row():
@@ -93,6 +106,8 @@ def build_app(service: Instant3DService, model_concurrency: int = 1, export_defa
                 models = service.model_names()
                 model = gr.Dropdown(models, value=service.default_model, label="Model", visible=len(models) > 1,
                                     elem_id="model")
+                lighting = gr.Radio(["lit", "albedo"], value="lit", label="Lighting", elem_id="lighting",
+                                    info="lit: a light above the camera shows the shape; albedo: the colours, flat")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
                 gr.Examples(load_examples(), inputs=[prompt], cache_examples=False, label="Examples")
                 with gr.Accordion("Export settings", open=False):
@@ -126,13 +141,17 @@ def build_app(service: Instant3DService, model_concurrency: int = 1, export_defa
         dice.click(random_seed, None, seed, api_visibility="private", queue=False)
         outputs = [video, model3d, glb_file, obj_file, timings, view, current, azimuth, elevation]
         model_queue = dict(concurrency_id="model", concurrency_limit=model_concurrency)
-        run.click(generate, [prompt, seed, settings, chosen_model], outputs, api_name="generate", **model_queue)
-        prompt.submit(generate, [prompt, seed, settings, chosen_model], outputs, api_visibility="private",
-                      **model_queue)
+        generate_inputs = [prompt, seed, settings, chosen_model, chosen_lighting]
+        run.click(generate, generate_inputs, outputs, api_name="generate", **model_queue)
+        prompt.submit(generate, generate_inputs, outputs, api_visibility="private", **model_queue)
         view_queue = dict(show_progress="hidden", trigger_mode="always_last", concurrency_id="view",
                           concurrency_limit=2)
-        azimuth.input(render_view, [azimuth, elevation, current], view, api_name="render_view", **view_queue)
-        elevation.input(render_view, [azimuth, elevation, current], view, api_visibility="private", **view_queue)
+        view_inputs = [azimuth, elevation, current, chosen_lighting]
+        azimuth.input(render_view, view_inputs, view, api_name="render_view", **view_queue)
+        elevation.input(render_view, view_inputs, view, api_visibility="private", **view_queue)
+        lighting.change(lambda name: name, lighting, chosen_lighting, api_visibility="private", queue=False).then(
+            relight, [chosen_lighting, azimuth, elevation, current], [video, view], api_visibility="private",
+            **model_queue)
         again.click(reexport, [current, settings], [model3d, glb_file, obj_file, timings], api_name="reexport",
                     **model_queue)
     return app

@@ -19,6 +19,7 @@ from .model import Instant3DModel
 from .preview import BakedVolume
 from .color import to_uint8_srgb
 from .renderer import render_views
+from .shading import DISPLAY_AMBIENT, check_shading, display_light
 from .text_encoder import TextEncoder, clean_prompt
 from .video import write_mp4
 
@@ -221,39 +222,47 @@ class Instant3DOutput:
         return int(size)
 
     def render(self, azimuth: float = 0.0, elevation: float = 15.0, size: int = 256, quality: str = "fast",
-               background=None) -> np.ndarray:
+               background=None, shading: str = "albedo") -> np.ndarray:
         """One view as a display-ready (H, W, 3) uint8 sRGB array (the field's albedo is linear).
 
         ``quality``: "fast" (baked preview) or "full" (reference renderer). ``background`` is linear RGB.
+        ``shading``: "albedo" (the generated colours, flat) or "lit" (a light above the camera shows the shape).
         """
-        return self.render_many([azimuth], [elevation], size, quality, background)[0]
+        return self.render_many([azimuth], [elevation], size, quality, background, shading)[0]
 
-    def render_many(self, azimuths, elevations, size=256, quality="fast", background=None) -> list[np.ndarray]:
+    def render_many(self, azimuths, elevations, size=256, quality="fast", background=None,
+                    shading="albedo") -> list[np.ndarray]:
         size = self._check_size(size)
+        lit = check_shading(shading) == "lit"
         cameras = self._cameras(azimuths, elevations)
         bg = self.render_config.background if background is None else background
+        lights = display_light(cameras.position) if lit else None
         if quality == "fast":
-            images = self.baked.render(cameras, size, background=bg, step=self.render_config.preview_step)
+            images = self.baked.render(cameras, size, background=bg, step=self.render_config.preview_step,
+                                       light_dirs=lights)
         elif quality == "full":
             cfg = self.render_config
             images = render_views(
                 self.field, self.triplane, cameras, size, background=bg,
                 num_samples=cfg.num_samples, num_importance=cfg.num_importance,
+                shading="lambertian" if lit else "albedo", light_dirs=lights, ambient=DISPLAY_AMBIENT,
             ).color
         else:
             raise ValueError(f"quality must be 'fast' or 'full', got {quality!r}")
         return [to_uint8_srgb(img) for img in images]
 
-    def orbit_frames(self, frames: int = 48, size: int = 256, elevation: float = 15.0, quality="fast"):
+    def orbit_frames(self, frames: int = 48, size: int = 256, elevation: float = 15.0, quality="fast",
+                     shading: str = "albedo"):
         """``frames`` views evenly spaced over a full turn, starting at the front (azimuth 0)."""
         if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or not 1 <= frames <= MAX_FRAMES:
             raise ValueError(f"frames must be a whole number from 1 to {MAX_FRAMES}, got {frames!r}")
         azimuths = [360.0 * i / frames for i in range(frames)]
-        return [f for az in azimuths for f in self.render_many([az], [elevation], size, quality)]
+        return [f for az in azimuths for f in self.render_many([az], [elevation], size, quality, shading=shading)]
 
-    def orbit_video(self, path, frames: int = 48, size: int = 256, elevation: float = 15.0, fps: int = 24) -> Path:
+    def orbit_video(self, path, frames: int = 48, size: int = 256, elevation: float = 15.0, fps: int = 24,
+                    shading: str = "albedo") -> Path:
         """An H.264 MP4 orbit of the object (written atomically); returns its path."""
-        return write_mp4(self.orbit_frames(frames, size, elevation), path, fps=fps)
+        return write_mp4(self.orbit_frames(frames, size, elevation, shading=shading), path, fps=fps)
 
     def nbytes(self) -> int:
         baked = self._baked.nbytes() if self._baked is not None else 0

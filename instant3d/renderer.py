@@ -14,6 +14,7 @@ import torch
 
 from .cameras import Cameras, generate_rays, ray_box_intersect
 from .field import TriplaneField
+from .shading import lambert_factor, per_camera_lights
 
 
 @dataclass
@@ -87,8 +88,8 @@ def render_rays(
 
     ``background`` is a colour (3,) or per-image colours (B, 3) (training uses a random one per image).
     ``shading``: "albedo" (colour as is), "lambertian" (albedo x (ambient + (1 - ambient) max(n.l, 0))) or
-    "textureless" (white, shaded); the last two need unit ``light_dirs`` (B, 3) and cost 6 extra field
-    queries a sample for the normals (DreamFusion's shading, as the paper does).
+    "textureless" (white, shaded); the last two need unit ``light_dirs`` (B, 3), or (B, N, 3) one per ray, and
+    cost 6 extra field queries a sample for the normals (DreamFusion's shading, as the paper does).
     Differentiable with respect to the planes and the field's MLP.
     """
     if shading not in ("albedo", "lambertian", "textureless"):
@@ -103,8 +104,10 @@ def render_rays(
         points = (origins[..., None, :] + dirs[..., None, :] * t[..., None]).reshape(b, -1, 3)  # (B, N*S, 3)
         sigma, rgb = field(planes, points, alpha=alpha)
         if shade and shading != "albedo":
-            lam = (field.normals(planes, points) * light_dirs[:, None, :]).sum(-1).clamp_min(0)
-            lam = (ambient + (1 - ambient) * lam)[..., None]
+            light = light_dirs if light_dirs.dim() == 3 else light_dirs[:, None, :]
+            if light.shape[1] > 1:  # one light per ray: repeat it for the ray's samples
+                light = light.repeat_interleave(points.shape[1] // n, dim=1)
+            lam = lambert_factor(field.normals(planes, points), light, ambient)
             rgb = rgb * lam if shading == "lambertian" else lam.expand_as(rgb)
         return sigma.view(b, n, -1), rgb.view(b, n, -1, 3)
 
@@ -148,16 +151,22 @@ def render_views(
     size: int,
     *,
     chunk: int = 4096,
+    light_dirs: torch.Tensor | None = None,
     **options,
 ) -> RenderResult:
-    """Full-quality images of one triplane from each camera, in ray chunks: -> (B, H, W, ...)."""
+    """Full-quality images of one triplane from each camera, in ray chunks: -> (B, H, W, ...).
+
+    ``light_dirs`` (B, 3) one light per camera, or (1, 3) one for all, for the shaded modes of ``render_rays``."""
     if planes.dim() == 4:
         planes = planes[None]
     origins, dirs = generate_rays(cameras, size)
     views = len(cameras)
     origins, dirs = origins.reshape(1, -1, 3), dirs.reshape(1, -1, 3)
+    if light_dirs is not None:  # each ray carries its camera's light
+        light_dirs = per_camera_lights(light_dirs, views).to(origins).repeat_interleave(size * size, dim=0)[None]
     parts = [
-        render_rays(field, planes, origins[:, i : i + chunk], dirs[:, i : i + chunk], **options)
+        render_rays(field, planes, origins[:, i : i + chunk], dirs[:, i : i + chunk],
+                    light_dirs=None if light_dirs is None else light_dirs[:, i : i + chunk], **options)
         for i in range(0, origins.shape[1], chunk)
     ]
     shape = (views, size, size)
@@ -166,4 +175,3 @@ def render_views(
         opacity=torch.cat([p.opacity for p in parts], dim=1).view(shape),
         depth=torch.cat([p.depth for p in parts], dim=1).view(shape),
     )
-

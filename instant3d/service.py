@@ -22,6 +22,7 @@ import numpy as np
 
 from .export import ExportError, ExportOptions
 from .pipeline import MAX_SEED, Instant3DOutput, Instant3DPipeline
+from .shading import SHADINGS
 from .text_encoder import PromptError, clean_prompt
 from .video import write_mp4
 
@@ -72,6 +73,15 @@ def check_seed(seed) -> tuple[int, list[str]]:
     clamped = int(min(max(round(value), 0), MAX_SEED))
     notes = [] if clamped == value else [f"The seed {seed} was changed to {clamped} (whole numbers 0 to {MAX_SEED})."]
     return clamped, notes
+
+
+def check_lighting(shading) -> str:
+    """The display lighting ("lit" when missing); anything else -> UserError."""
+    if shading in (None, ""):
+        return "lit"
+    if shading not in SHADINGS:
+        raise UserError(f"Lighting must be one of {', '.join(SHADINGS)}, got {shading!r}.")
+    return shading
 
 
 def random_seed() -> int:
@@ -154,16 +164,18 @@ class Instant3DService:
         return self.pipeline_for(model)(prompt, seed=seed)
 
     def generate(self, prompt, seed, export_options: dict | None = None, progress=None,
-                 model: str | None = None) -> GenerationResult:
-        """Prompt -> triplane -> orbit video + GLB + OBJ zip + a front view."""
+                 model: str | None = None, shading: str | None = None) -> GenerationResult:
+        """Prompt -> triplane -> orbit video + GLB + OBJ zip + a front view (``shading``: the display lighting of
+        the video and view, "lit" or "albedo"; the mesh files always carry the plain albedo)."""
         report = progress or (lambda *a, **k: None)
         text, notes = check_prompt(prompt)
         seed, seed_notes = check_seed(seed)
         notes += seed_notes
+        shading = check_lighting(shading)
         options = self._export_options(export_options)
         model = model or self.default_model
         pipeline = self.pipeline_for(model)
-        key = (model, text, seed, tuple(sorted(options.items())))
+        key = (model, text, seed, shading, tuple(sorted(options.items())))
         cached = self._cached_result(key)
         if cached is not None:
             report(1.0, desc="done (cached)")
@@ -176,7 +188,7 @@ class Instant3DService:
         folder = self._request_folder()
         report(0.2, desc="orbit video")
         start = time.perf_counter()
-        frames = out.orbit_frames(self.video_frames, self.video_size, self.elevation)
+        frames = out.orbit_frames(self.video_frames, self.video_size, self.elevation, shading=shading)
         video = write_mp4(frames, folder / "orbit.mp4")
         timings["video"] = time.perf_counter() - start
         preview = frames[0]  # the orbit starts at the front: the view panel's first image
@@ -210,12 +222,21 @@ class Instant3DService:
                                 result.preview, {"cached": 0.0}, list(result.notes), list(result.info), result.model)
 
     def render_view(self, prompt: str, seed: int, azimuth: float, elevation: float,
-                    model: str | None = None) -> np.ndarray:
+                    model: str | None = None, shading: str | None = None) -> np.ndarray:
         """One 256^2 preview of the current object (fast path: the grid baked at generation is reused)."""
         if not prompt:
             raise UserError("Generate an object first, then turn it with the sliders.")
         azimuth, elevation = float(azimuth), float(np.clip(float(elevation), -89.0, 89.0))
-        return self.output_for(prompt, int(seed), model).render(azimuth, elevation, size=self.video_size)
+        return self.output_for(prompt, int(seed), model).render(azimuth, elevation, size=self.video_size,
+                                                                shading=check_lighting(shading))
+
+    def orbit_video(self, prompt: str, seed: int, model: str | None = None, shading: str | None = None) -> Path:
+        """A new orbit video of the current object (when the user switches the lighting), in a fresh folder."""
+        if not prompt:
+            raise UserError("Generate an object first; the lighting applies to the current object.")
+        out = self.output_for(prompt, int(seed), model)
+        frames = out.orbit_frames(self.video_frames, self.video_size, self.elevation, shading=check_lighting(shading))
+        return write_mp4(frames, self._request_folder() / "orbit.mp4")
 
     def reexport(self, prompt: str, seed: int, export_options: dict | None = None, model: str | None = None):
         """New GLB + OBJ zip of the current object with other settings, without regenerating it."""

@@ -92,6 +92,25 @@ def test_render_view_handler_changes_with_azimuth(service):
         service.render_view("", 0, 0, 0)
 
 
+def test_lighting_changes_the_view_and_the_video_but_not_the_object(service):
+    service.generate("a blue sphere", 1, FAST_EXPORT)
+    lit = service.render_view("a blue sphere", 1, 30, 20, shading="lit")
+    flat = service.render_view("a blue sphere", 1, 30, 20, shading="albedo")
+    assert lit.shape == flat.shape and not np.array_equal(lit, flat)
+    assert np.array_equal(service.render_view("a blue sphere", 1, 30, 20), lit)  # lit is the default
+    flat_result = service.generate("a blue sphere", 1, FAST_EXPORT, shading="albedo")
+    assert np.array_equal(flat_result.preview, service.render_view("a blue sphere", 1, 0, service.elevation,
+                                                                   shading="albedo"))
+    lit_result = service.generate("a blue sphere", 1, FAST_EXPORT)  # lit by default, a result of its own
+    assert lit_result.video != flat_result.video and not np.array_equal(lit_result.preview, flat_result.preview)
+    video = service.orbit_video("a blue sphere", 1, shading="albedo")
+    assert video.exists() and _video_info(video)[1] == FRAMES
+    with pytest.raises(UserError, match="Lighting must be one of"):
+        service.render_view("a blue sphere", 1, 0, 15, shading="neon")
+    with pytest.raises(UserError, match="Generate an object first"):
+        service.orbit_video("", 0)
+
+
 def test_reexport_uses_new_settings_without_regenerating(service):
     service.generate("a green cone", 2, FAST_EXPORT)
     calls = []
@@ -222,6 +241,16 @@ def test_in_a_real_browser(server, tmp_path):
             page.wait_for_function(
                 "(old) => { const i = document.querySelector('#view img'); return i && i.src !== old; }",
                 arg=before, timeout=30_000,
+            )
+            # switching the lighting re-renders the current object's view and orbit video
+            view_src = page.locator("#view img").get_attribute("src")
+            video_src = page.evaluate("() => document.querySelector('#orbit video').currentSrc")
+            page.locator("#lighting label", has_text="albedo").click()
+            page.wait_for_function(
+                "([view, video]) => { const i = document.querySelector('#view img');"
+                " const v = document.querySelector('#orbit video');"
+                " return i && i.src !== view && v && v.currentSrc && v.currentSrc !== video; }",
+                arg=[view_src, video_src], timeout=60_000,
             )
             with page.expect_download() as download:
                 page.locator("#glb_file a").first.click()

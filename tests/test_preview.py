@@ -55,6 +55,22 @@ def test_fast_preview_is_within_30db_of_the_full_renderer(fitted_snowman):
     assert (full - torch.tensor(bg)).abs().amax(dim=-1).gt(0.2).float().mean() > 0.05
 
 
+def test_lit_fast_preview_is_close_to_the_lit_full_renderer(fitted_snowman):
+    """Lit, the preview's normals come from the baked density grid, the full renderer's from the field."""
+    from instant3d.shading import display_light
+
+    field, planes = fitted_snowman
+    vol = BakedVolume.from_field(field, planes, 96)
+    cams = orbit_cameras([0, 130, 250], [15, 30, -10])
+    lights = display_light(cams.position)
+    fast = vol.render(cams, 64, light_dirs=lights, ambient=0.3)
+    full = render_views(field, planes, cams, 64, shading="lambertian", light_dirs=lights, ambient=0.3).color
+    flat = vol.render(cams, 64)
+    for i in range(3):
+        assert _psnr(fast[i], full[i]) > 25
+        assert _psnr(fast[i], full[i]) > _psnr(flat[i], full[i]) + 3  # the light really shows
+
+
 def test_distance_bound_is_conservative(fitted_snowman):
     """No point the bound calls free may be closer than that to a voxel whose density matters."""
     field, planes = fitted_snowman

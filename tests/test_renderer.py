@@ -23,6 +23,9 @@ class AnalyticField(torch.nn.Module):
         rgb = torch.where((points[..., 2] > 0)[..., None], self.front, self.back)
         return sigma, rgb.expand(*points.shape[:-1], 3)
 
+    def normals(self, planes, points):
+        return torch.nn.functional.normalize(points, dim=-1)
+
 
 NO_PLANES = torch.zeros(1, 3, 1, 1, 1)  # the analytic field ignores its planes
 
@@ -66,6 +69,25 @@ def test_depth_variance_of_a_uniform_fog_matches_dense_float64_integration(sigma
     expected = np.trapezoid(w * (s - mean) ** 2, s)
     assert out.depth.item() == pytest.approx(2.5 + mean, abs=0.01)
     assert out.depth_variance.item() == pytest.approx(expected, rel=0.03)
+
+
+def test_lit_views_match_lambert_at_the_centre_pixel_with_one_light_per_view():
+    """An opaque sphere seen through its centre: the surface normal there points at the camera, so the pixel is
+    albedo x (ambient + (1 - ambient) cos(camera direction, light)), with each view's own display light."""
+    from instant3d.shading import DISPLAY_AMBIENT, display_light
+
+    field = AnalyticField(radius=0.5, sigma=500.0, front=(0.8, 0.6, 0.4), back=(0.8, 0.6, 0.4))
+    cams = orbit_cameras([20.0, 200.0, 90.0], [70.0, -30.0, 0.0], radius=3.0)
+    lights = display_light(cams.position)
+    lights[2] = -lights[2]  # a light from behind the object: only the ambient term is left
+    img = render_views(field, NO_PLANES, cams, 15, num_samples=64, num_importance=64, shading="lambertian",
+                       light_dirs=lights, ambient=DISPLAY_AMBIENT).color
+    for v in range(3):
+        towards_camera = cams.position[v].double() / cams.position[v].double().norm()
+        cos = max(float(towards_camera @ lights[v].double()), 0.0)
+        expected = torch.tensor([0.8, 0.6, 0.4], dtype=torch.float64) * (DISPLAY_AMBIENT + (1 - DISPLAY_AMBIENT) * cos)
+        assert torch.allclose(img[v, 7, 7].double(), expected, atol=2e-3), (v, img[v, 7, 7], expected)
+    assert img[0, 7, 7].sum() > img[2, 7, 7].sum() + 0.5  # the lights really differ per view
 
 
 def test_empty_field_renders_the_background_exactly():

@@ -147,6 +147,7 @@ def test_tiny_recipe_world_to_priors_to_sds_to_evaluation(tmp_path):
     for split in metrics.values():
         assert split["prompts"] == 2 and split["queries"] == len(all_prompts())
         assert 0 <= split["iou"] <= 1 and 0 <= split["colour_accuracy"] <= 1 and 0 < split["retrieval_probability"] < 1
+        assert 0 <= split["r_precision_flat"] <= 1
     for split in ("ground_truth/held_out", "ground_truth/train"):  # the exact scenes: the ceiling of the metrics
         assert metrics[split]["iou"] == 1.0 and metrics[split]["colour_accuracy"] == 1.0
 
@@ -162,6 +163,25 @@ def test_metrics_of_a_perfect_and_a_shifted_object():
     assert 0.2 < geometry_iou(shifted, scene) < 0.8
     accuracy, error = colour_scores(shifted, scene)
     assert accuracy < 1.0 and error > 0.0
+
+
+def test_lit_ground_truth_shades_a_cube_by_the_display_light():
+    """Seen from azimuth 45, elevation 30, the display light (above the camera) makes the cube's top face the
+    brightest and its two side faces equally bright, each Lambert's closed form."""
+    from instant3d.color import linear_to_srgb
+    from instant3d.shading import DISPLAY_AMBIENT, display_light
+    from training.toyworld.ground_truth import GroundTruthOutput
+
+    out = GroundTruthOutput(scene_for_prompt("a large white cube"))
+    lit = out.render(45.0, 30.0, size=64, shading="lit").astype(float) / 255
+    flat = out.render(45.0, 30.0, size=64, shading="albedo").astype(float) / 255
+    assert np.array_equal(lit[0, 0], flat[0, 0])  # the background is not lit
+    light = display_light(orbit_cameras([45.0], [30.0]).position)[0].double()
+    white = scene_for_prompt("a large white cube").albedo(torch.zeros(1, 3))[0].double()
+    for normal, (row, col) in [((0.0, 1.0, 0.0), (22, 32)), ((1.0, 0.0, 0.0), (40, 40)), ((0.0, 0.0, 1.0), (40, 24))]:
+        factor = DISPLAY_AMBIENT + (1 - DISPLAY_AMBIENT) * max(float(torch.tensor(normal).double() @ light), 0.0)
+        expected = linear_to_srgb((white * factor).float()).numpy()
+        assert np.allclose(lit[row, col], expected, atol=2 / 255), (normal, lit[row, col], expected)
 
 
 def test_janus_is_a_back_view_that_looks_like_the_front(tmp_path):

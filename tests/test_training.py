@@ -353,12 +353,14 @@ def test_clip_retrieval_scores_a_perfect_match_as_one():
 
     queries = ["a", "b", "c"]
     text = torch.eye(3)
+    asked = []
 
     class FakeOut:
         def __init__(self, k):
             self.k = k
 
-        def render_many(self, az, el, size):
+        def render_many(self, az, el, size, shading="albedo"):
+            asked.append((list(az), list(el), shading))
             img = np.zeros((size, size, 3), dtype=np.uint8)
             img[..., 0] = self.k  # encodes which prompt made it
             return [img] * len(az)
@@ -381,6 +383,10 @@ def test_clip_retrieval_scores_a_perfect_match_as_one():
 
     metrics = clip_retrieval(FakePipe(), FakeClip(), ["a", "c"], queries, views=3, size=16)
     assert metrics["r_precision"] == 1.0 and metrics["retrieval_probability"] > 0.99
+    assert asked[0] == ([45.0, 165.0, 285.0], [30.0] * 3, "lit")  # the default views: lit, off the axes
+    clip_retrieval(FakePipe(), FakeClip(), ["b"], queries, views=2, size=16, elevation=15.0, azimuth_offset=0.0,
+                   shading="albedo")
+    assert asked[-1] == ([0.0, 180.0], [15.0] * 2, "albedo")
 
 
 def test_two_process_ddp_on_cpu_writes_one_checkpoint(tmp_path):

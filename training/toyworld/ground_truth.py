@@ -13,6 +13,7 @@ import torch
 from instant3d.cameras import orbit_cameras
 from instant3d.color import to_uint8_srgb
 from instant3d.config import RenderConfig
+from instant3d.shading import DISPLAY_AMBIENT, check_shading, display_light
 
 from .metrics import voxel_centres
 from .render import render_scene
@@ -37,17 +38,23 @@ class GroundTruthOutput:
     def albedo(self, points: torch.Tensor) -> torch.Tensor:
         return self.scene.albedo(points.cpu() - self.shift)
 
-    def render_many(self, azimuths, elevations, size: int = 256, background=None) -> list[np.ndarray]:
+    def render_many(self, azimuths, elevations, size: int = 256, background=None,
+                    shading: str = "albedo") -> list[np.ndarray]:
         cfg = self.render_config
         if self.render_as is not None:
             azimuths = [self.render_as] * len(azimuths)
         cams = orbit_cameras(list(azimuths), list(elevations), cfg.camera_radius, cfg.fov_deg)
         bg = torch.tensor(cfg.background if background is None else background, dtype=torch.float32)
-        images, _ = render_scene(self.scene, cams, size, bg.expand(len(cams), 3))
+        if check_shading(shading) == "lit":  # the pipeline's display light
+            images, _ = render_scene(self.scene, cams, size, bg.expand(len(cams), 3), "lambertian",
+                                     display_light(cams.position), ambient=DISPLAY_AMBIENT)
+        else:
+            images, _ = render_scene(self.scene, cams, size, bg.expand(len(cams), 3))
         return [to_uint8_srgb(img) for img in images]
 
-    def render(self, azimuth: float = 0.0, elevation: float = 15.0, size: int = 256, background=None) -> np.ndarray:
-        return self.render_many([azimuth], [elevation], size, background)[0]
+    def render(self, azimuth: float = 0.0, elevation: float = 15.0, size: int = 256, background=None,
+               shading: str = "albedo") -> np.ndarray:
+        return self.render_many([azimuth], [elevation], size, background, shading)[0]
 
 
 class _NoCache:

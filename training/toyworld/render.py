@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from instant3d.cameras import Cameras, generate_rays, ray_box_intersect
+from instant3d.shading import lambert_factor
 
 from .scenes import Scene
 
@@ -58,8 +59,7 @@ def render_scene(scene: Scene, cameras: Cameras, size: int, background: torch.Te
             colour[idx] = albedo
         else:
             light = light_dirs.repeat_interleave(hi * hi, dim=0)[idx]
-            lam = (_normals(scene, points[idx]) * light).sum(-1).clamp_min(0)
-            lam = (ambient + (1 - ambient) * lam)[:, None]
+            lam = lambert_factor(_normals(scene, points[idx]), light, ambient)
             colour[idx] = albedo * lam if shading == "lambertian" else lam.expand(-1, 3)
     mask = hit.float().view(b, hi, hi, 1)
     image = colour.view(b, hi, hi, 3) * mask + background.view(b, 1, 1, 3) * (1 - mask)

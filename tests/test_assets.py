@@ -57,11 +57,15 @@ def test_the_default_checkpoint_loads_from_assets_and_makes_the_right_objects():
     pipe = Instant3DPipeline.from_pretrained(device="cpu")
     assert pipe.source.parent == ASSETS / "checkpoints"
     _, held_out = prompt_split()
+    colours = []
     for prompt in spread_subset(held_out, 4):
         out, scene = pipe(prompt), scene_for_prompt(prompt)
         assert geometry_iou(out, scene) > 0.6, prompt
-        assert colour_scores(out, scene)[0] > 0.6, prompt
+        colours.append(colour_scores(out, scene)[0])
+        assert colours[-1] > 0.5, prompt  # the named colour covers most of the surface
         assert out.notes == []  # every word is one the model trained on
+    # on average nearly all of it (an orange duck's surface is partly named "carrot", the nearest palette colour)
+    assert sum(colours) / len(colours) > 0.8, colours
 
 
 def test_every_example_uses_only_words_every_bundled_checkpoint_knows():

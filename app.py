@@ -23,6 +23,7 @@ import gradio as gr  # noqa: E402
 from instant3d.export import MAX_RESOLUTION, ExportOptions  # noqa: E402
 from instant3d.pipeline import ASSETS, MAX_SEED, Instant3DPipeline, bundled_checkpoints  # noqa: E402
 from instant3d.service import Instant3DService, UserError, format_timings, random_seed  # noqa: E402
+from instant3d.shading import SHADINGS  # noqa: E402
 
 EXAMPLES_FILE = ASSETS / "examples.txt"
 DEFAULT_EXPORT = {
@@ -106,7 +107,7 @@ def build_app(service: Instant3DService, model_concurrency: int = 1, export_defa
                 models = service.model_names()
                 model = gr.Dropdown(models, value=service.default_model, label="Model", visible=len(models) > 1,
                                     elem_id="model")
-                lighting = gr.Radio(["lit", "albedo"], value="lit", label="Lighting", elem_id="lighting",
+                lighting = gr.Radio(list(SHADINGS), value="lit", label="Lighting", elem_id="lighting",
                                     info="lit: a light above the camera shows the shape; albedo: the colours, flat")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
                 gr.Examples(load_examples(), inputs=[prompt], cache_examples=False, label="Examples")

@@ -188,8 +188,7 @@ class Instant3DService:
         folder = self._request_folder()
         report(0.2, desc="orbit video")
         start = time.perf_counter()
-        frames = out.orbit_frames(self.video_frames, self.video_size, self.elevation, shading=shading)
-        video = write_mp4(frames, folder / "orbit.mp4")
+        frames, video = self._write_orbit(out, folder, shading)
         timings["video"] = time.perf_counter() - start
         preview = frames[0]  # the orbit starts at the front: the view panel's first image
         report(0.55, desc="mesh export")
@@ -235,8 +234,7 @@ class Instant3DService:
         if not prompt:
             raise UserError("Generate an object first; the lighting applies to the current object.")
         out = self.output_for(prompt, int(seed), model)
-        frames = out.orbit_frames(self.video_frames, self.video_size, self.elevation, shading=check_lighting(shading))
-        return write_mp4(frames, self._request_folder() / "orbit.mp4")
+        return self._write_orbit(out, self._request_folder(), check_lighting(shading))[1]
 
     def reexport(self, prompt: str, seed: int, export_options: dict | None = None, model: str | None = None):
         """New GLB + OBJ zip of the current object with other settings, without regenerating it."""
@@ -247,6 +245,11 @@ class Instant3DService:
         return self._export(out, self._request_folder(), options)
 
     # -- helpers -------------------------------------------------------------------------------------------
+    def _write_orbit(self, out: Instant3DOutput, folder: Path, shading: str) -> tuple[list[np.ndarray], Path]:
+        """The app's orbit of ``out`` (frames, and their MP4 in ``folder``)."""
+        frames = out.orbit_frames(self.video_frames, self.video_size, self.elevation, shading=shading)
+        return frames, write_mp4(frames, folder / "orbit.mp4")
+
     @staticmethod
     def _export_options(options: dict | None) -> dict:
         options = dict(options or {})

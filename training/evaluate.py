@@ -35,6 +35,7 @@ import torch  # noqa: E402
 
 from instant3d.checkpoint import read_checkpoint_config  # noqa: E402
 from instant3d.pipeline import Instant3DPipeline  # noqa: E402
+from instant3d.shading import SHADINGS  # noqa: E402
 
 from .clip_model import CLIPScorer  # noqa: E402
 from .prompt_sets import load_prompt_set  # noqa: E402
@@ -128,7 +129,7 @@ def main(argv=None) -> int:
                         help="degrees (views options apply without --toyworld, which reports both protocols)")
     parser.add_argument("--azimuth-offset", type=float, default=VIEWS["azimuth_offset"],
                         help="first view's azimuth (degrees; 0 = the front)")
-    parser.add_argument("--shading", choices=["lit", "albedo"], default=VIEWS["shading"],
+    parser.add_argument("--shading", choices=SHADINGS, default=VIEWS["shading"],
                         help="lit (the display light) or albedo (flat colour)")
     parser.add_argument("--limit", type=int, default=0, help="evaluate at most this many prompts (0 = all)")
     parser.add_argument("--device", default=None)

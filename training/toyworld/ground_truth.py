@@ -45,11 +45,9 @@ class GroundTruthOutput:
             azimuths = [self.render_as] * len(azimuths)
         cams = orbit_cameras(list(azimuths), list(elevations), cfg.camera_radius, cfg.fov_deg)
         bg = torch.tensor(cfg.background if background is None else background, dtype=torch.float32)
-        if check_shading(shading) == "lit":  # the pipeline's display light
-            images, _ = render_scene(self.scene, cams, size, bg.expand(len(cams), 3), "lambertian",
-                                     display_light(cams.position), ambient=DISPLAY_AMBIENT)
-        else:
-            images, _ = render_scene(self.scene, cams, size, bg.expand(len(cams), 3))
+        lit = check_shading(shading) == "lit"  # lit: the pipeline's display light
+        images, _ = render_scene(self.scene, cams, size, bg.expand(len(cams), 3), "lambertian" if lit else "albedo",
+                                 display_light(cams.position) if lit else None, ambient=DISPLAY_AMBIENT)
         return [to_uint8_srgb(img) for img in images]
 
     def render(self, azimuth: float = 0.0, elevation: float = 15.0, size: int = 256, background=None,

@@ -94,6 +94,8 @@ def test_render_colours_backgrounds_and_coverage():
 def test_tiny_recipe_world_to_priors_to_sds_to_evaluation(tmp_path):
     """World -> small CLIP -> diffusion prior on its text tower -> loaded by the SDS guidance like Stable Diffusion
     -> an SDS training run of the toy-world recipe -> the toy-world quality report."""
+    import json
+
     from training.guidance import DiffusionGuidance
     from training.toyworld import clip_train, prior_train
 
@@ -103,10 +105,13 @@ def test_tiny_recipe_world_to_priors_to_sds_to_evaluation(tmp_path):
                             "--test-views", "1", "--max-prompts", "40", "--save-every", "2"]) == 0
     assert (clip_dir / "model.safetensors").exists() and "retrieval" in (clip_dir / "TRAINING.md").read_text()
     assert prior_train.main(["--clip", str(clip_dir), "--out", str(prior_dir), "--work", str(tmp_path / "w2"),
-                             "--steps", "2", "--batch", "4", "--views", "1", "--size", "16", "--save-every", "2",
-                             "--max-prompts", "40"]) == 0
+                             "--steps", "2", "--batch", "4", "--views", "2", "--size", "16", "--save-every", "2",
+                             "--max-prompts", "40", "--probe", "4"]) == 0
     guidance = DiffusionGuidance.from_folder(prior_dir, perp_neg="adaptive")
     assert guidance.vae is None and guidance.input_size == 16
+    assert guidance.prediction_type == "v_prediction"
+    progress = json.loads((prior_dir / "progress.json").read_text())
+    assert set(progress["history"][0]["diffusion_classifier"]) >= {"colour", "shape", "view"}
     assert guidance.text_encoder.max_length == 32  # the small preset's token count
     images = torch.rand(2, 3, 48, 48, requires_grad=True)
     out = guidance.sds(images, ["a red cube", "a white snowman with a carrot nose"], [0, 180], [10, 10],
@@ -115,21 +120,19 @@ def test_tiny_recipe_world_to_priors_to_sds_to_evaluation(tmp_path):
     assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
     # resuming continues the step count
     assert prior_train.main(["--clip", str(clip_dir), "--out", str(prior_dir), "--work", str(tmp_path / "w2"),
-                             "--steps", "3", "--batch", "4", "--views", "1", "--size", "16", "--save-every", "1",
-                             "--max-prompts", "40"]) == 0
+                             "--steps", "3", "--batch", "4", "--views", "2", "--size", "16", "--save-every", "1",
+                             "--max-prompts", "40", "--probe", "0"]) == 0
     assert "step 3" in (prior_dir / "TRAINING.md").read_text()
     # a fresh checkout has no run state but the committed export: training continues from it
     import shutil
 
     shutil.rmtree(tmp_path / "w2" / "state")
     assert prior_train.main(["--clip", str(clip_dir), "--out", str(prior_dir), "--work", str(tmp_path / "w2"),
-                             "--steps", "4", "--batch", "4", "--views", "1", "--size", "16", "--save-every", "1",
-                             "--max-prompts", "40"]) == 0
+                             "--steps", "4", "--batch", "4", "--views", "2", "--size", "16", "--save-every", "1",
+                             "--max-prompts", "40", "--probe", "0"]) == 0
     assert '"step": 4' in (prior_dir / "progress.json").read_text()
 
     # SDS + CLIP loss + adaptive Perp-Neg with the toy-world recipe against these priors, then the quality report
-    import json
-
     from training.evaluate import main as evaluate
     from training.train import main as train
 

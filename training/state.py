@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
@@ -48,14 +49,22 @@ def save_run_state(folder, modules: dict[str, torch.nn.Module], optimizer, step:
         (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": opt_meta, **(extra or {})}))
 
 
+class RunStateError(RuntimeError):
+    """A run state that exists but cannot be read: resuming silently from step 0 would throw the run away."""
+
+
 def load_run_state(folder, modules: dict[str, torch.nn.Module], optimizer) -> dict | None:
-    """Restore what ``save_run_state`` wrote; None when there is nothing (or nothing readable) to resume."""
+    """Restore what ``save_run_state`` wrote; None when there is no state yet. A state folder that exists but
+    cannot be read raises ``RunStateError`` (naming it) instead of starting the run over."""
     folder = Path(folder)
+    if not folder.exists():
+        return None
     try:
         meta = json.loads((folder / "state.json").read_text())
         tensors = load_safetensors((folder / "state.safetensors").read_bytes())
-    except (OSError, ValueError):
-        return None
+    except (OSError, ValueError, SafetensorError) as error:
+        raise RunStateError(f"the run state in {folder} cannot be read ({error}); move it away to start this run "
+                            "over from its last export, or restore it") from error
     for name, module in modules.items():
         module.load_state_dict({k.split("::", 1)[1]: v for k, v in tensors.items() if k.startswith(name + "::")})
     load_optimizer_state(optimizer, tensors, meta["optimizer"])

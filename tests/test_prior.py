@@ -1,0 +1,177 @@
+"""The diffusion prior's recipe pieces, its probes and its evaluation command, on tiny models and mocks."""
+
+import types
+
+import pytest
+import torch
+
+from training.guidance import DiffusionGuidance
+from training.random_priors import save_random_prior
+from training.toyworld.prior_probe import (ProbeImage, attribute_alternatives, candidate_sets, denoising_errors,
+                                           diffusion_classifier, prompt_fields)
+from training.toyworld.prior_train import build_scheduler, min_snr_weights
+
+
+def test_prompt_fields_and_one_attribute_alternatives():
+    assert prompt_fields("a small red cube") == ("single", {"size": "small", "colour": "red", "shape": "cube"})
+    assert prompt_fields("a white duck with an orange beak") == ("front", {"colour": "white", "shape": "duck"})
+    alt = attribute_alternatives("a red cube")
+    assert len(alt["colour"]) == 9 and "a blue cube" in alt["colour"]
+    assert len(alt["shape"]) == 5 and "a red torus" in alt["shape"]
+    assert sorted(alt["size"]) == ["a large red cube", "a small red cube"] and alt["binding"] == []
+    stack = attribute_alternatives("a red cube on top of a blue sphere")
+    assert stack["binding"] == ["a blue cube on top of a red sphere"]
+    # stacks never repeat a colour: 4 other top colours and 4 other base colours
+    assert len(stack["colour"]) == 8 and "a blue cube on top of a blue sphere" not in stack["colour"]
+    assert "a red cube on top of a blue cylinder" in stack["shape"]
+    front = attribute_alternatives("a white snowman with a carrot nose")
+    assert "a white duck with an orange beak" in front["shape"] and len(front["colour"]) == 9
+
+
+def test_candidate_sets_put_the_true_caption_first_and_vary_one_thing():
+    item = ProbeImage(torch.zeros(3, 8, 8), "a white snowman with a carrot nose", "front")
+    sets = candidate_sets(item, ("colour", "view"))
+    assert sets["view"] == ["a white snowman with a carrot nose, front view",
+                            "a white snowman with a carrot nose, side view",
+                            "a white snowman with a carrot nose, back view"]
+    assert sets["colour"][0] == sets["view"][0] and all(c.endswith(", front view") for c in sets["colour"])
+
+
+class _Encoder:
+    """Captions -> one-hot-ish token rows, so a mock UNet can tell which caption it was given."""
+
+    def __init__(self, captions):
+        self.index = {c: i for i, c in enumerate(captions)}
+
+    def encode(self, captions):
+        tokens = torch.zeros(len(captions), 1, 1)
+        tokens[:, 0, 0] = torch.tensor([float(self.index[c]) for c in captions])
+        return tokens, None
+
+
+def _mock_guidance(captions, true_caption_error, other_error):
+    """predict_noise returns the true noise plus a caption-dependent offset: a perfect classifier by design."""
+    scheduler = build_scheduler()
+    guidance = types.SimpleNamespace(alphas_cumprod=scheduler.alphas_cumprod, device=torch.device("cpu"),
+                                     text_encoder=_Encoder(captions),
+                                     encode_images=lambda images: images * 2 - 1)
+    truth = {i for c, i in guidance.text_encoder.index.items() if "red cube, front" in c}
+
+    def predict_noise(x_t, t, emb):
+        abar = guidance.alphas_cumprod[t].view(-1, 1, 1, 1)
+        x0 = guidance.encode_images(guidance.image)
+        eps = (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()  # the exact noise
+        offset = torch.tensor([true_caption_error if int(e) in truth else other_error for e in emb[:, 0, 0]])
+        return eps + offset.view(-1, 1, 1, 1)
+
+    guidance.predict_noise = predict_noise
+    return guidance
+
+
+def test_diffusion_classifier_picks_the_caption_with_the_lowest_denoising_error():
+    item = ProbeImage(torch.rand(3, 8, 8), "a red cube", "front")
+    captions = sorted({c for s in candidate_sets(item).values() for c in s})
+    good = _mock_guidance(captions, 0.0, 0.3)
+    good.image = item.image[None]
+    acc = diffusion_classifier(good, [item], timesteps=(100, 500))
+    assert acc["colour"] == acc["shape"] == acc["size"] == acc["view"] == acc["all"] == 1.0
+    bad = _mock_guidance(captions, 0.5, 0.1)  # the true caption denoises worst
+    bad.image = item.image[None]
+    assert diffusion_classifier(bad, [item], timesteps=(100, 500))["all"] == 0.0
+    # the errors themselves: (offset)^2 per timestep, summed over timesteps (independent closed form)
+    errors = denoising_errors(good, item.image[None], [captions], [100, 500])[0]
+    expected = torch.tensor([0.0 if "red cube, front" in c else 2 * 0.3 ** 2 for c in captions])
+    assert torch.allclose(errors, expected, atol=1e-5)
+
+
+def test_denoising_errors_match_a_direct_loop_on_a_real_unet(tmp_path):
+    folder = save_random_prior(tmp_path / "prior", latent=False, sample_size=8)
+    guidance = DiffusionGuidance.from_folder(folder, perp_neg="none")
+    images = torch.rand(2, 3, 8, 8)
+    captions = [["a red cube", "a blue cube"], ["a red cube on top of a blue sphere"]]
+    got = denoising_errors(guidance, images, captions, [200, 700], seed=3, batch=3)
+    gen = torch.Generator().manual_seed(3)
+    noise = torch.randn(2, 2, 3, 8, 8, generator=gen)
+    for i, caps in enumerate(captions):
+        for c, text in enumerate(caps):
+            total = 0.0
+            for k, t in enumerate([200, 700]):
+                abar = guidance.alphas_cumprod[t]
+                x_t = abar.sqrt() * (images[i : i + 1] * 2 - 1) + (1 - abar).sqrt() * noise[i, k : k + 1]
+                emb, _ = guidance.text_encoder.encode([text])
+                eps = guidance.unet(x_t, torch.tensor([t]), encoder_hidden_states=emb).sample
+                total += float((eps - noise[i, k : k + 1]).pow(2).mean())
+            assert got[i][c].item() == pytest.approx(total, rel=1e-4)
+
+
+def test_min_snr_weights_follow_their_closed_form():
+    abar = torch.tensor([0.99, 0.5, 0.01])
+    snr = abar / (1 - abar)  # 99, 1, 1/99
+    t = torch.arange(3)
+    v = min_snr_weights(abar, t, 5.0, "v_prediction")
+    eps = min_snr_weights(abar, t, 5.0, "epsilon")
+    assert torch.allclose(v, torch.tensor([5 / 100, 1 / 2, (1 / 99) / (1 / 99 + 1)]))
+    assert torch.allclose(eps, torch.tensor([5 / 99, 1.0, 1.0]))
+    assert torch.allclose(v, torch.minimum(snr, torch.tensor(5.0)) / (snr + 1))
+
+
+def test_the_recipes_scheduler_predicts_v_on_the_cosine_schedule_and_guidance_converts_it():
+    s = build_scheduler()
+    assert s.config.prediction_type == "v_prediction" and s.config.beta_schedule == "squaredcos_cap_v2"
+    x, noise, t = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.tensor([10, 900])
+    v = s.get_velocity(x, noise, t)
+    x_t = s.add_noise(x, noise, t)
+    guidance = types.SimpleNamespace(alphas_cumprod=s.alphas_cumprod, prediction_type="v_prediction", dtype=torch.float32,
+                                     unet=lambda x_t, t, encoder_hidden_states: types.SimpleNamespace(sample=v))
+    eps = DiffusionGuidance.predict_noise(guidance, x_t, t, torch.zeros(2, 1, 1))
+    assert torch.allclose(eps, noise, atol=1e-4)  # the SDS code sees epsilon, whatever the prior predicts
+
+
+def test_hard_pairs_differ_only_in_view_or_in_colour_binding():
+    from training.toyworld.clip_train import HardPairs
+    from training.toyworld.dataset import render_set, view_label
+
+    prompts = ["a white snowman with a carrot nose", "a red cube on top of a blue sphere",
+               "a blue cube on top of a red sphere", "a green cone"]
+    data = render_set(prompts, 12, 8, seed=0, shading={"albedo": 1.0})
+    pairs = HardPairs(data, prompts).draw(4, torch.Generator().manual_seed(0))
+    assert len(pairs) == 8
+    for (i, first), (j, second) in zip(pairs[::2], pairs[1::2]):
+        if first.endswith(" view"):  # the same object from the front and from the back, captioned so
+            assert first == f"{prompts[0]}, front view" and second == f"{prompts[0]}, back view"
+            assert view_label(float(data.azimuth[i]), float(data.elevation[i])) == "front"
+            assert view_label(float(data.azimuth[j]), float(data.elevation[j])) == "back"
+        else:  # a stack and the same stack with its colours swapped, each with an image of its own
+            assert {first, second} == set(prompts[1:3])
+            assert prompts[int(data.prompt_index[i])] == first and prompts[int(data.prompt_index[j])] == second
+    assert sum(p[1].endswith(" view") for p in pairs) == 4  # half of each kind
+
+
+def test_an_unreadable_run_state_stops_the_run_instead_of_restarting_it(tmp_path):
+    from training.state import RunStateError, load_run_state, save_run_state
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    assert load_run_state(tmp_path / "state", {"m": model}, optimizer) is None  # nothing yet: a fresh run
+    save_run_state(tmp_path / "state", {"m": model}, optimizer, 7)
+    assert load_run_state(tmp_path / "state", {"m": model}, optimizer)["step"] == 7
+    (tmp_path / "state" / "state.safetensors").write_bytes(b"truncated")
+    with pytest.raises(RunStateError, match="cannot be read"):
+        load_run_state(tmp_path / "state", {"m": model}, optimizer)
+
+
+def test_stale_temporaries_of_interrupted_saves_are_removed_and_nothing_else(tmp_path):
+    import os
+
+    from instant3d.files import atomic_folder, remove_stale_temporaries
+
+    with atomic_folder(tmp_path / "export") as tmp:
+        (tmp / "a.txt").write_text("x")
+    (tmp_path / ".export.abc123.tmp").mkdir()  # a save killed before its rename
+    (tmp_path / ".export.old-999999999").mkdir()  # a swap whose process is gone
+    (tmp_path / f".export.old-{os.getpid()}").mkdir()  # a swap still in progress (this process): kept
+    (tmp_path / ".other.x.tmp").mkdir()  # another target's: kept when a name is given
+    removed = remove_stale_temporaries(tmp_path, "export")
+    assert sorted(p.name for p in removed) == [".export.abc123.tmp", ".export.old-999999999"]
+    assert (tmp_path / "export" / "a.txt").read_text() == "x" and (tmp_path / ".other.x.tmp").exists()
+    assert (tmp_path / f".export.old-{os.getpid()}").exists()

@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from instant3d.text_encoder import TOKENIZER_FILES, quiet_transformers
+from transformers.image_utils import OPENAI_CLIP_MEAN as CLIP_MEAN  # CLIP's own image normalisation
+from transformers.image_utils import OPENAI_CLIP_STD as CLIP_STD
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from instant3d.text_encoder import TOKENIZER_FILES, quiet_transformers
 
 
 class CLIPError(ValueError):

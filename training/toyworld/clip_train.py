@@ -3,11 +3,19 @@
     python -m training.toyworld.clip_train --out assets/priors/toy-clip [--steps 3000] [--seed 0]
     python -m training.toyworld.clip_train --out assets/priors/eval-clip --seed 7 --hidden 96 --layers 3
         (the evaluation CLIP: another seed and size)
+    python -m training.toyworld.clip_train --init assets/priors/toy-clip --out assets/priors/toy-clip-views \
+        --hard-negatives 0.25 --steps 600 --lr 1e-4   (the diffusion prior's text tower: view words separated)
 
 The result is a standard transformers ``CLIPModel`` folder with a ``CLIPTokenizer``: the generator's text encoder
 (its text tower: 32 tokens x 128 dims, the ``small`` preset's shape), the CLIP loss and adaptive Perp-Neg's image
 features. Captions are the prompts, half the time with ", front/side/back/overhead view" (SDS asks the text tower
 about those). Re-running the command resumes from ``--work``/state.
+
+Batches hold distinct prompts, so a plain run never puts "a snowman, front view" against "a snowman, back view":
+nothing asks the towers to tell view words apart, and toy-clip's text tower maps the two captions to sequences of
+cosine 0.994. ``--hard-negatives F`` fills a share F of each batch with pairs that differ in one thing only: a
+front-facing object seen from the front and from the back (captioned with their views), and a stack with its
+colours swapped ("a red cube on top of a blue sphere" / "a blue cube on top of a red sphere").
 """
 
 from __future__ import annotations
@@ -15,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -23,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from instant3d.files import atomic_folder
+from instant3d.files import atomic_folder, remove_stale_temporaries
 from instant3d.text_encoder import quiet_transformers
 
 from ..clip_model import CLIP_MEAN, CLIP_STD
@@ -95,11 +102,58 @@ def retrieval_accuracy(model, tokenizer, data, prompts: list[str], max_length: i
     return hits / max(1, len(keep))
 
 
+class HardPairs:
+    """Pairs of (image index, caption) that differ in one thing: view (a front-facing object from the front and
+    from the back, captioned with their views) or binding (a stack, and the same stack with its two colours
+    swapped, each with an image of its own). The index over the rendered set is built once."""
+
+    def __init__(self, data, prompts: list[str]):
+        from .prior_probe import prompt_fields
+
+        self.prompts = prompts
+        index = {p: k for k, p in enumerate(prompts)}
+        self.by_view: dict[tuple[int, str], list[int]] = {}
+        self.by_prompt: dict[int, list[int]] = {}
+        for i, (k, a, e, flat) in enumerate(zip(data.prompt_index.tolist(), data.azimuth.tolist(),
+                                               data.elevation.tolist(), data.textureless.tolist())):
+            if not flat:  # shape-only renders show neither colours nor, reliably, a face
+                self.by_view.setdefault((k, view_label(a, e)), []).append(i)
+                self.by_prompt.setdefault(k, []).append(i)
+        self.fronts = [k for k, p in enumerate(prompts) if prompt_fields(p)[0] == "front"
+                       and (k, "front") in self.by_view and (k, "back") in self.by_view]
+        self.swaps = []
+        for k, p in enumerate(prompts):
+            kind, f = prompt_fields(p)
+            if kind == "stack":
+                q = f"a {f['base_colour']} {f['top_shape']} on top of a {f['top_colour']} {f['base_shape']}"
+                if q in index and k in self.by_prompt and index[q] in self.by_prompt:
+                    self.swaps.append((k, index[q]))
+
+    @staticmethod
+    def _one(pool: list[int], gen: torch.Generator) -> int:
+        return pool[int(torch.randint(len(pool), (1,), generator=gen))]
+
+    def draw(self, count: int, gen: torch.Generator) -> list[tuple[int, str]]:
+        """``count`` pairs (2 * count items), alternately view pairs and binding pairs when both exist."""
+        out: list[tuple[int, str]] = []
+        for n in range(count):
+            if self.fronts and (n % 2 == 0 or not self.swaps):
+                k = self._one(self.fronts, gen)
+                out += [(self._one(self.by_view[(k, v)], gen), f"{self.prompts[k]}, {v} view") for v in ("front", "back")]
+            elif self.swaps:
+                a, b = self.swaps[int(torch.randint(len(self.swaps), (1,), generator=gen))]
+                out += [(self._one(self.by_prompt[a], gen), self.prompts[a]),
+                        (self._one(self.by_prompt[b], gen), self.prompts[b])]
+        return out
+
+
 def _features(out):
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
 def main(argv=None) -> int:
+    from diffusers.optimization import get_scheduler
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="where the CLIPModel folder is written")
     parser.add_argument("--work", default=None, help="data cache and resume state (default: runs/<out name>)")
@@ -116,10 +170,16 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-prompts", type=int, default=0, help="train on an even subset (tests, quick trials)")
     parser.add_argument("--save-every", type=int, default=250)
+    parser.add_argument("--init", default=None,
+                        help="fine-tune this CLIP folder (its tokenizer and sizes) instead of starting from scratch")
+    parser.add_argument("--hard-negatives", type=float, default=0.0,
+                        help="share of each batch given to pairs that differ only in view or in colour binding")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out, work = Path(args.out), Path(args.work or f"runs/{Path(args.out).name}")
     work.mkdir(parents=True, exist_ok=True)
+    for path in [*remove_stale_temporaries(work), *remove_stale_temporaries(out.parent, out.name)]:
+        log.info("removed %s, left by an interrupted save", path)
     prompts = spread_subset(all_prompts(), args.max_prompts)  # priors know the whole world, as a real CLIP would
     start = time.time()
     tag = f"s{args.seed}-n{len(prompts)}"
@@ -130,9 +190,20 @@ def main(argv=None) -> int:
                       seed=2000 + args.seed)
     log.info("data: %d training images, %d test images (%.0f s)", len(data.images), len(test.images),
              time.time() - start)
-    corpus = [p + suffix for p in prompts for suffix in ["", *VIEW_SUFFIXES.values()]]
-    tokenizer = train_tokenizer(corpus, args.max_length)
-    model = build_clip(tokenizer, args.hidden, args.layers, args.image_size, args.patch, args.max_length, args.seed)
+    if args.init:
+        from transformers import AutoTokenizer, CLIPModel
+
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(args.init)
+            model = CLIPModel.from_pretrained(args.init, use_safetensors=True)
+        if model.config.vision_config.image_size != args.image_size:
+            raise SystemExit(f"--init {args.init} reads {model.config.vision_config.image_size}^2 images; "
+                             f"pass --image-size {model.config.vision_config.image_size}")
+    else:
+        corpus = [p + suffix for p in prompts for suffix in ["", *VIEW_SUFFIXES.values()]]
+        tokenizer = train_tokenizer(corpus, args.max_length)
+        model = build_clip(tokenizer, args.hidden, args.layers, args.image_size, args.patch, args.max_length,
+                           args.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     state = load_run_state(work / "state", {"model": model}, optimizer)
     step = state["step"] if state else 0
@@ -141,17 +212,23 @@ def main(argv=None) -> int:
     gen = torch.Generator().manual_seed(args.seed * 7919 + step)
     n_prompts = len(prompts)
     by_prompt = [torch.nonzero(data.prompt_index == k).squeeze(-1) for k in range(n_prompts)]
+    for group in optimizer.param_groups:
+        group["initial_lr"] = args.lr
+    schedule = get_scheduler("cosine", optimizer, num_warmup_steps=200, num_training_steps=args.steps,
+                             last_epoch=step - 1)
+    hard = HardPairs(data, prompts) if args.hard_negatives > 0 else None
     model.train()
     while step < args.steps:
-        lr = args.lr * min(1.0, (step + 1) / 200) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        chosen = torch.randperm(n_prompts, generator=gen)[: args.batch]  # distinct prompts: clean negatives
-        idx = torch.stack([by_prompt[k][torch.randint(len(by_prompt[k]), (1,), generator=gen)][0] for k in chosen])
+        pairs = hard.draw(int(args.hard_negatives * args.batch) // 2, gen) if hard else []
+        taken = {int(data.prompt_index[i]) for i, _ in pairs}
+        chosen = [k for k in torch.randperm(n_prompts, generator=gen).tolist() if k not in taken]
+        chosen = chosen[: args.batch - len(pairs)]  # distinct prompts: clean negatives
+        idx = [int(by_prompt[k][torch.randint(len(by_prompt[k]), (1,), generator=gen)][0]) for k in chosen]
         with_view = torch.rand(len(idx), generator=gen) < 0.5
         captions = [prompts[int(data.prompt_index[i])] + (
             f", {view_label(float(data.azimuth[i]), float(data.elevation[i]))} view" if v else "")
-            for i, v in zip(idx, with_view)]
+            for i, v in zip(idx, with_view)] + [c for _, c in pairs]
+        idx = torch.tensor(idx + [i for i, _ in pairs])
         ids = tokenizer(captions, padding="max_length", max_length=args.max_length, truncation=True,
                         return_tensors="pt").input_ids
         text = F.normalize(_features(model.get_text_features(input_ids=ids)), dim=-1)
@@ -163,9 +240,10 @@ def main(argv=None) -> int:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        schedule.step()
         step += 1
         if step % 50 == 0:
-            log.info("step %d loss %.4f lr %.2e scale %.1f", step, loss.item(), lr, model.logit_scale.exp().item())
+            log.info("step %d loss %.4f lr %.2e scale %.1f", step, loss.item(), schedule.get_last_lr()[0], model.logit_scale.exp().item())
         if step % args.save_every == 0 or step == args.steps:
             save_run_state(work / "state", {"model": model}, optimizer, step)
             acc = retrieval_accuracy(model, tokenizer, test, prompts, args.max_length)

@@ -27,10 +27,21 @@ def atomic_path(path, suffix: str | None = None):
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
+        _fsync(Path(tmp))
         os.replace(tmp, path)
+        _fsync(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file (or a folder's entries) to disk, so a power cut after the rename cannot leave it empty."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _ordinary_permissions(folder: Path) -> None:
@@ -51,14 +62,36 @@ def atomic_folder(target):
     try:
         yield tmp
         _ordinary_permissions(tmp)
+        for path in [*tmp.rglob("*"), tmp]:
+            _fsync(path)
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(target, old)
         os.replace(tmp, target)
+        _fsync(target.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_stale_temporaries(folder, name: str = "") -> list[Path]:
+    """Delete what an interrupted ``atomic_folder`` left in ``folder`` (``.NAME.*.tmp`` folders, ``.NAME.old-PID``
+    folders whose process is gone), for targets named ``name`` (any, if empty). Called when a run starts, so no
+    leftovers pile up."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for path in folder.glob(f".{name}*" if name else ".*"):
+        stale = path.is_dir() and path.name.endswith(".tmp")
+        if ".old-" in path.name:
+            pid = path.name.rsplit(".old-", 1)[1]
+            stale = pid.isdigit() and not Path(f"/proc/{pid}").exists()
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed

@@ -159,7 +159,7 @@ class DiffusionGuidance:
                 weights = weights * torch.as_tensor(negative_scale, dtype=torch.float32, device=self.device)[:, None]
             eps_hat = perp_neg_guidance(eps_u, eps_pos, torch.stack([eps_n0, eps_n1], dim=1), weights,
                                         self.guidance_scale)
-        grad = torch.nan_to_num((1 - abar) * (eps_hat - noise))
+        grad = (1 - abar) * (eps_hat - noise)  # a non-finite UNet output must reach the trainer's bad-step guard
         target = (x - grad).detach()
         loss = 0.5 * F.mse_loss(x.float(), target.float(), reduction="sum") / b
         return SDSOutput(loss, timesteps, float(grad.norm() / b))

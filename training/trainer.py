@@ -35,6 +35,7 @@ from instant3d.cameras import Cameras, generate_rays
 from instant3d.checkpoint import CheckpointError, load_model, save_checkpoint
 from instant3d.color import linear_to_srgb, linear_to_srgb_unbounded
 from instant3d.config import preset_config
+from instant3d.files import remove_stale_temporaries
 from instant3d.model import Instant3DModel
 from instant3d.pipeline import TRAINING_PROMPTS_NAME, Instant3DOutput, style_noise
 from instant3d.renderer import render_rays
@@ -241,6 +242,9 @@ class Trainer:
         return folder
 
     def _resume(self) -> None:
+        if self.dist.main:
+            for path in remove_stale_temporaries(self.ckpt_dir):
+                log.info("removed %s, left by an interrupted save", path)
         for folder in checkpoint_folders(self.ckpt_dir):
             try:
                 saved, _ = load_model(folder, "cpu")

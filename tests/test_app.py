@@ -168,11 +168,35 @@ def test_only_files_the_app_produced_are_served(server):
         assert r.status_code in (403, 404), path
 
 
-def test_app_binds_localhost_by_default():
-    import app as app_module
+def test_the_launched_app_listens_on_localhost_only(tmp_path):
+    """Start `python app.py` as a user would (random weights, so it needs no checkpoint) and read the socket it
+    listens on from the operating system: 127.0.0.1, never every interface."""
+    import os
+    import sys
+    import time
 
-    args = app_module.parse_args([])
-    assert args.host == "127.0.0.1" and args.share is False
+    import httpx
+    import psutil
+
+    port = _free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--random-weights", "--port", str(port),
+                             "--output-dir", str(tmp_path)], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 180
+        listening = []
+        while time.time() < deadline and not listening:
+            assert proc.poll() is None, "the app exited during start-up"
+            listening = [c.laddr for c in psutil.Process(proc.pid).net_connections(kind="inet")
+                         if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+            time.sleep(0.5)
+        assert listening, "the app did not start listening within 3 minutes"
+        assert {addr.ip for addr in listening} == {"127.0.0.1"}
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=30).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_hostile_prompts_get_a_clear_error_or_a_result(client):

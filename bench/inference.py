@@ -1,4 +1,4 @@
-"""Inference benchmark: prints a Markdown table of medians against the budgets of DESIGN.md section 5.
+"""Inference benchmark: prints a Markdown table of medians against the budgets of docs/DESIGN.md §5.
 
     python -m bench.inference            # full run (~2 min on 2 cores)
     python -m bench.inference --quick    # fewer repeats
@@ -64,7 +64,7 @@ def main() -> None:
 
     for name in ("tiny", "small", "paper"):
         n = Instant3DModel(preset_config(name)).num_parameters()
-        note = "paper notes: ~270 M" if name == "paper" else ""
+        note = "the official code: ~270 M" if name == "paper" else ""
         rows.append((f"parameters, `{name}` preset", f"{n / 1e6:.2f} M", note))
 
     # prompt -> triplane, small preset, with a CLIP text tower of the toy world's size (128 wide, 4 layers, 32 tokens)

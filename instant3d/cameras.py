@@ -1,4 +1,4 @@
-"""Cameras and rays in the project's world frame (DESIGN.md section 3).
+"""Cameras and rays in the project's world frame (docs/DESIGN.md §3).
 
 Right-handed, +Y up, the object's front faces +Z. Azimuth 0 deg puts the camera on +Z looking at the front;
 azimuth grows counter-clockwise seen from above (90 deg = camera on +X). Elevation 0 = horizon, positive =

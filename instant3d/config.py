@@ -3,7 +3,7 @@
 Presets:
 - ``paper``: the official Instant3D code's shapes (77x1024 tokens, 4x4x512 base tensor, decoder channels
   320/320/160/80/80/40 with cross-attention at 4/8/16/32, 3x32x256^2 triplane, MLP 32->64->4).
-- ``small``: the CPU default, sized for the budgets in DESIGN.md section 5 (prompt -> triplane <= 30 ms).
+- ``small``: the CPU default, sized for the budgets in docs/DESIGN.md §5 (prompt -> triplane <= 30 ms).
 - ``tiny``: for tests (builds and runs in milliseconds).
 """
 
@@ -30,7 +30,7 @@ class TextConfig:
 
 @dataclass
 class GeneratorConfig:
-    """Token-to-plane transform, mapping network and triplane decoder (paper notes section 1.2-1.4)."""
+    """Token-to-plane transform, mapping network and triplane decoder (the paper, §3.1-3.2)."""
 
     token_proj_dim: int = 192  # Linear D -> this before the token transformer
     token_heads: int = 8  # heads of the GigaGAN-style token transformer layer
@@ -186,7 +186,7 @@ def paper_config() -> Instant3DConfig:
 def small_config(num_tokens: int = 32, token_dim: int = 128, pooled_dim: int | None = None) -> Instant3DConfig:
     """CPU default: a 3 x 16 x 64^2 triplane from a ~2 M-parameter decoder, MLP 16 -> 32 -> 4.
 
-    Sized by DESIGN.md section 5 (prompt -> triplane <= 30 ms on 2 cores) and cpu-feasibility.md section 2
+    Sized by docs/DESIGN.md §5 (prompt -> triplane <= 30 ms on 2 cores)
     (render cost scales with feature width x MLP width; plane resolution matters little to it).
     """
     return Instant3DConfig(

@@ -1,4 +1,4 @@
-"""Text tokens + style noise -> triplane (paper notes section 1.2-1.4).
+"""Text tokens + style noise -> triplane (the paper, §3.1-3.2).
 
 The decoder uses diffusers' own blocks, as the official code does: ``ResnetBlockCondNorm2D`` with
 ``ada_group`` norms (the style injection), ``Transformer2DModel`` for cross-attention to the tokens,

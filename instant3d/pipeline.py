@@ -43,7 +43,7 @@ def default_checkpoint() -> Path:
     if not DEFAULT_POINTER.is_file():
         raise CheckpointError(
             f"no bundled default checkpoint: {DEFAULT_POINTER} does not exist. The default is trained by the "
-            "toy-world recipe (see README); until it is there, pass a checkpoint folder: "
+            "toy-world recipe (see docs/toyworld.md); until it is there, pass a checkpoint folder: "
             "Instant3DPipeline.from_pretrained('path/to/checkpoint')"
         )
     folder = CHECKPOINTS / DEFAULT_POINTER.read_text().strip()

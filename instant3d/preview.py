@@ -1,7 +1,7 @@
 """The fast preview: bake the field once onto a grid, then ray-march that grid for each view.
 
 Why this shape (measured in bench/inference.py): direct 256^2 x 128-sample rendering of the triplane costs
-seconds a frame on 2 cores (cpu-feasibility.md section 2). Baking is exact at the grid points and cheap
+seconds a frame on 2 cores (docs/DESIGN.md §5). Baking is exact at the grid points and cheap
 (``TriplaneField.bake``); each frame then marches only rays that hit the box around occupied voxels,
 a few samples at a time, and drops a ray as soon as it is opaque (early termination).
 """

@@ -1,7 +1,7 @@
 """The reference volume renderer: stratified + importance samples, composited with nerfacc's dense API.
 
 This is the renderer training differentiates through and the quality reference for the fast preview.
-On CPU only nerfacc's dense (n_rays, n_samples) functions work (cpu-feasibility.md section 1); nothing here
+On CPU only nerfacc's dense (n_rays, n_samples) functions work (docs/DESIGN.md §5); nothing here
 passes ``ray_indices`` or ``packed_info`` or uses the estimators, so the same code runs on CPU and CUDA.
 """
 

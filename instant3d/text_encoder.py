@@ -5,7 +5,7 @@ Two folder layouts are accepted:
 - a plain transformers CLIP folder (``CLIPModel`` or ``CLIPTextModel``) with its tokenizer files beside it.
 
 Token embeddings are ``last_hidden_state`` padded to the tokenizer's max length with no attention mask,
-exactly what Stable Diffusion's UNet sees (paper notes section 1.1); the pooled embedding is the text
+exactly what Stable Diffusion's UNet sees (the official code does the same); the pooled embedding is the text
 model's ``pooler_output`` (the end-of-text token's state).
 """
 

@@ -6,7 +6,7 @@
 For each evaluated prompt, ``--views`` renders at evenly spaced azimuths are scored against the text embeddings of
 the whole query set (every prompt of the set). The default views (VIEWS) are lit by the display light, at elevation
 30 deg and azimuths 45 + 90 k: face-on and unlit, a cube and a cylinder are the same rectangle, a pyramid and a cone
-the same triangle, and even the toy world's exact scenes score only 0.79 (README, "Quality report").
+the same triangle, and even the toy world's exact scenes score only 0.79 (docs/toyworld.md, "Quality report").
 - retrieval probability: softmax over the query set of CLIP's logits (its own logit scale, 100 for OpenAI CLIP),
   the probability of the true prompt, averaged over views and prompts (the paper's CLIP-RP);
 - R-precision: how often the true prompt has the highest score.

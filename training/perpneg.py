@@ -1,6 +1,6 @@
-"""View-dependent prompts, Perp-Neg and the adaptive Perp-Neg severity (paper notes section 3).
+"""View-dependent prompts, Perp-Neg and the adaptive Perp-Neg severity (the paper, §3.4).
 
-Conventions (DESIGN.md section 3): azimuth 0 deg = front; azimuths are wrapped to (-180, 180]. The positive
+Conventions (docs/DESIGN.md §3): azimuth 0 deg = front; azimuths are wrapped to (-180, 180]. The positive
 embedding blends front/side/back by azimuth and the two negatives get threestudio's weight functions
 f(a, b, c; r) = a * exp(-b * r) + c. Adaptive Perp-Neg (Instant3D, Eq. 11-12) scales those weights by
 w_min + C * dw, where the severity C compares this view's CLIP image features with the same prompt's last view.

@@ -1,4 +1,4 @@
-"""Prompt sets and their train / held-out splits (paper notes section 4).
+"""Prompt sets and their train / held-out splits (the paper, §4.1).
 
 - ``animals``: "a {species} sitting {item} and wearing {gadget} and wearing a {hat}", 10 x 7 x 5 x 9 = 3 150
   prompts (a null slot drops its clause); seeded random 60/40 split, as the paper.

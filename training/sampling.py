@@ -1,7 +1,7 @@
 """What each training step draws at random: cameras, backgrounds, shading and light; and the alpha schedule.
 
 Camera ranges follow the paper (radius [3.0, 3.6], fov [70, 80] deg, polar angle [25, 110] deg, i.e. elevation
-[-20, 65] deg, uniform azimuth) scaled to the model's box by the config; azimuth 0 = front (DESIGN.md section 3).
+[-20, 65] deg, uniform azimuth) scaled to the model's box by the config; azimuth 0 = front (docs/DESIGN.md §3).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ CLIP's (frozen) text tower, saved in Stable Diffusion's folder layout without ``
     python -m training.toyworld.prior_train --clip assets/priors/toy-clip-views --out assets/priors/toy-diffusion \
         [--steps 5000] [--batch 32]
 
-The recipe (README, "The diffusion prior", says what each part bought):
+The recipe (docs/toyworld.md, "The diffusion prior", says why each part is there):
 - captions "<prompt>, <front|side|back> view" of the *training* prompts only, so that held-out prompts measure
   composition, not memory; dropped to "" 15 % of the time for classifier-free guidance;
 - renders flat-albedo or Lambertian-lit on random solid backgrounds (no shape-only "textureless" renders, whose

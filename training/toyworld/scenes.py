@@ -1,6 +1,6 @@
 """The toy world: captioned scenes with exact ground truth (signed distance + albedo) in the world frame.
 
-DESIGN.md section 4. +Y up, the front faces +Z; objects fit in [-1, 1]^3. Scenes are built from primitives
+docs/DESIGN.md §4. +Y up, the front faces +Z; objects fit in [-1, 1]^3. Scenes are built from primitives
 (cube, sphere, cylinder, cone, torus, pyramid) in named colours, single ("a small red cube"), stacked
 ("a red cube on top of a blue sphere") or one of three objects with a clear front (a snowman with a carrot
 nose, a duck with a beak, a house with a door) so that the Janus problem can appear and be measured.

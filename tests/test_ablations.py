@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from training.toyworld import prompt_split, scene_for_prompt
 from training.toyworld.ablations import ablation_prompts, main, steps_to_reach
 
@@ -28,6 +30,7 @@ def test_ablation_prompts_come_from_the_training_split():
     assert {p.split()[2] for p in fronts} == {"snowman", "duck", "house"}  # all three objects, spread
 
 
+@pytest.mark.slow
 def test_tiny_sigmoid_ablation_scores_both_variants_at_every_checkpoint(tmp_path, capsys):
     out = tmp_path / "sigmoid"
     assert main(["sigmoid", "--out", str(out), "--steps", "2", "--every", "1", "--prompts", "2", "--iou", "0.0",
@@ -48,6 +51,7 @@ def test_tiny_sigmoid_ablation_scores_both_variants_at_every_checkpoint(tmp_path
     assert len(list((out / "plain-sigmoid" / "checkpoints").glob("step-*"))) == 2
 
 
+@pytest.mark.slow
 def test_tiny_perpneg_ablation_reports_a_janus_rate_per_variant(tmp_path):
     out = tmp_path / "perpneg"
     assert main(["perpneg", "--out", str(out), "--steps", "1", "--prompts", "2", *TINY]) == 0

@@ -168,6 +168,7 @@ def test_only_files_the_app_produced_are_served(server):
         assert r.status_code in (403, 404), path
 
 
+@pytest.mark.slow
 def test_the_launched_app_listens_on_localhost_only(tmp_path):
     """Start `python app.py` as a user would (random weights, so it needs no checkpoint) and read the socket it
     listens on from the operating system: 127.0.0.1, never every interface."""
@@ -221,6 +222,7 @@ def _rss_mb() -> float:
     raise RuntimeError("no VmRSS")
 
 
+@pytest.mark.slow
 def test_load_8_clients_x_5_requests(server, service):
     from gradio_client import Client
 
@@ -239,6 +241,8 @@ def test_load_8_clients_x_5_requests(server, service):
 
 
 # -- a real browser -----------------------------------------------------------------------------------------------
+@pytest.mark.browser
+@pytest.mark.slow
 def test_in_a_real_browser(server, tmp_path):
     from playwright.sync_api import sync_playwright
 

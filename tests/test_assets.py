@@ -25,6 +25,7 @@ def test_toy_clip_is_the_small_presets_text_encoder():
     assert not torch.allclose(tokens[0], tokens[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["toy-clip", "eval-clip"])
 def test_bundled_clips_retrieve_ground_truth_renders(name):
     clip = CLIPScorer.from_folder(ASSETS / "priors" / name)

@@ -91,6 +91,7 @@ def test_render_colours_backgrounds_and_coverage():
     assert torch.allclose(depth.reshape(2, -1)[covered].double(), exact[covered], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_tiny_recipe_world_to_priors_to_sds_to_evaluation(tmp_path):
     """World -> small CLIP -> diffusion prior on its text tower -> loaded by the SDS guidance like Stable Diffusion
     -> an SDS training run of the toy-world recipe -> the toy-world quality report."""

@@ -220,6 +220,7 @@ def _state_step(folder: Path) -> int:
     return json.loads((folder / "trainer_state.json").read_text())["step"]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_and_a_truncated_checkpoint_falls_back(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(_train_cmd(out, "optim.steps=100000", "run.checkpoint_every=3"), cwd=ROOT, env=ENV,
@@ -279,6 +280,7 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path):
     assert _checkpoints(tmp_path) == good
 
 
+@pytest.mark.slow
 def test_trained_checkpoint_loads_in_the_engine_and_evaluates(tmp_path, clip_folder, capsys):
     from instant3d import Instant3DPipeline
     from training.evaluate import main as evaluate
@@ -389,6 +391,7 @@ def test_clip_retrieval_scores_a_perfect_match_as_one():
     assert asked[-1] == ([0.0, 180.0], [15.0] * 2, "albedo")
 
 
+@pytest.mark.slow
 def test_two_process_ddp_on_cpu_writes_one_checkpoint(tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
@@ -402,6 +405,7 @@ def test_two_process_ddp_on_cpu_writes_one_checkpoint(tmp_path):
     assert meta["world_size"] == 2 and meta["step"] == 3
 
 
+@pytest.mark.slow
 def test_supervised_objective_trains_against_ground_truth_renders(tmp_path):
     from training.trainer import Trainer
 

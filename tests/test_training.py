@@ -462,3 +462,20 @@ def test_opacity_entropy_matches_the_binary_entropy_in_float64(tmp_path):
     variance_of_solid_rays = (0.2 / 0.9 + 0.3 / 1.0) / 2  # rays at most half opaque are left out, the rest normalised
     assert stats["depth_variance"] == pytest.approx(variance_of_solid_rays, rel=1e-6)
     assert value.item() == pytest.approx(2.0 * entropy + 0.5 * 0.6 + 3.0 * variance_of_solid_rays, rel=1e-4)
+
+
+def test_the_generator_can_be_conditioned_on_another_text_encoder_than_the_priors(tmp_path):
+    """model.text_encoder: the generator reads that folder's tokens (here a 48-wide random CLIP text tower against
+    the smoke prior's 32-wide one), and its checkpoint references that folder, not the prior's."""
+    from instant3d import Instant3DPipeline
+    from instant3d.random_models import save_random_clip_text
+
+    own = save_random_clip_text(tmp_path / "own-text", layout="sd", hidden=48, max_length=20, seed=5)
+    out = tmp_path / "run"
+    done = subprocess.run(_train_cmd(out, "optim.steps=2", f'model.text_encoder="{own}"'), cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    pipe = Instant3DPipeline.from_pretrained(_checkpoints(out)[-1], device="cpu")
+    assert Path(pipe.text_encoder.folder).resolve() == own.resolve()
+    assert (pipe.text_encoder.max_length, pipe.text_encoder.token_dim) == (20, 48)
+    assert pipe("a red cube").render(0, 15, size=16).shape == (16, 16, 3)

@@ -12,6 +12,7 @@ from pathlib import Path
 class ModelSection:
     preset: str = "small"  # tiny | small | paper (text shape comes from the prior's text encoder)
     init_checkpoint: str = ""  # start from this checkpoint's weights (not a resume)
+    text_encoder: str = ""  # condition the generator on this text encoder folder instead of the prior's own
 
 
 @dataclass

@@ -39,6 +39,7 @@ from instant3d.files import remove_stale_temporaries
 from instant3d.model import Instant3DModel
 from instant3d.pipeline import TRAINING_PROMPTS_NAME, Instant3DOutput, style_noise
 from instant3d.renderer import render_rays
+from instant3d.text_encoder import TextEncoder
 
 from .clip_model import CLIPScorer
 from .config import TrainConfig
@@ -123,7 +124,10 @@ class Trainer:
             t_range=(cfg.prior.t_min, cfg.prior.t_max), perp_neg=cfg.prior.perp_neg,
             half_precision=cfg.prior.half_precision,
         )
-        self.text_encoder = self.guidance.text_encoder  # the generator is conditioned on the prior's text encoder
+        # The generator is conditioned on the prior's text encoder (the paper's setting), unless the config names
+        # another: the toy world's generators keep toy-clip while the prior's own text tower separates view words.
+        self.text_encoder = (TextEncoder.from_folder(cfg.model.text_encoder, self.device) if cfg.model.text_encoder
+                             else self.guidance.text_encoder)
         if cfg.objective.mode not in ("sds", "supervised"):
             raise ValueError(f"objective.mode must be 'sds' or 'supervised', got {cfg.objective.mode!r}")
         self.supervised = cfg.objective.mode == "supervised"
@@ -230,7 +234,8 @@ class Trainer:
             return None
         folder = self.ckpt_dir / f"step-{self.step:07d}"
         model = self.ema.module if self.ema is not None else self.model
-        prior = os.path.relpath(Path(self.cfg.prior.folder).resolve(), folder.resolve())
+        encoder_folder = self.cfg.model.text_encoder or self.cfg.prior.folder
+        prior = os.path.relpath(Path(encoder_folder).resolve(), folder.resolve())
         files = {**self._state_files(), TRAINING_PROMPTS_NAME: ("\n".join(self.train_prompts) + "\n").encode()}
         save_checkpoint(model, folder, text_encoder_path=prior, extra_files=files,
                         extra={"training": {"step": self.step, "views_per_prompt": self.views_per_prompt(),

@@ -108,7 +108,10 @@ class TextEncoder:
             self.max_length = int(model.config.max_position_embeddings)
         self.cache_size = cache_size
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        self._lock = threading.Lock()
+        # One lock around every tokenizer call: a fast tokenizer raises "Already borrowed" when two threads change
+        # its padding / truncation at once (the app's model queue and view queue both reach it). Re-entrant,
+        # because encoding asks for truncation notes while it holds the lock.
+        self._lock = threading.RLock()
 
     @classmethod
     def from_folder(cls, folder, device: str | torch.device = "cpu") -> "TextEncoder":
@@ -131,7 +134,8 @@ class TextEncoder:
 
     def token_count(self, prompt: str) -> int:
         """Tokens the prompt needs, start and end tokens included."""
-        return len(self.tokenizer(prompt, truncation=False).input_ids)
+        with self._lock:
+            return len(self.tokenizer(prompt, truncation=False).input_ids)
 
     def truncation_note(self, prompt: str) -> str | None:
         """A message if the (cleaned) prompt exceeds the token limit, else None."""

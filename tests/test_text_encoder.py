@@ -92,3 +92,24 @@ def test_emoji_and_non_ascii_encode(tiny_text_encoder):
         a, _ = tiny_text_encoder.encode("🐱 猫 شسي")
         b, _ = tiny_text_encoder.encode("🐶 犬 שלום")
     assert torch.isfinite(a).all() and not torch.allclose(a, b)
+
+
+def test_every_tokenizer_call_holds_the_encoders_lock(tiny_text_folder):
+    """The app reaches one encoder from two thread pools; a fast tokenizer used by two threads at once raises
+    "Already borrowed". Every call into it, the truncation note's included, must hold the encoder's lock."""
+    encoder = TextEncoder.from_folder(tiny_text_folder)
+    real, calls = encoder.tokenizer, []
+
+    class Watching:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def __call__(self, *args, **kwargs):
+            calls.append(encoder._lock._is_owned())
+            return real(*args, **kwargs)
+
+    encoder.tokenizer = Watching()
+    encoder.truncation_note("a red cube " * 20)
+    encoder.token_count("a red cube")
+    encoder.encode(["a blue cube " * 20, "a green cone"])
+    assert len(calls) >= 4 and all(calls), calls

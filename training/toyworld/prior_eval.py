@@ -34,7 +34,7 @@ from ..clip_model import CLIPScorer  # noqa: E402
 from ..guidance import DiffusionGuidance  # noqa: E402
 from .prior_probe import diffusion_classifier, probe_images, view_probe_images  # noqa: E402
 from .render import render_scene  # noqa: E402
-from .scenes import all_prompts, prompt_split, scene_for_prompt  # noqa: E402
+from .scenes import all_prompts, prompt_split, scene_for_prompt, spread_subset  # noqa: E402
 
 GRID_PROMPTS = ("a red cube", "a large green sphere", "a small yellow cone", "a blue torus",
                 "a red cube on top of a blue sphere", "a yellow pyramid on top of a white cylinder",
@@ -54,7 +54,8 @@ def sample(guidance: DiffusionGuidance, prompts: list[str], cfg: float, steps: i
     out = []
     for start in range(0, len(prompts), batch):
         chunk = prompts[start : start + batch]
-        ddim = DDIMScheduler.from_config(guidance.scheduler.config, prediction_type="epsilon")
+        # epsilon: predict_noise already converts v-prediction; x0 clipped to [-1, 1], where pixel images live
+        ddim = DDIMScheduler.from_config(guidance.scheduler.config, prediction_type="epsilon", clip_sample=True)
         ddim.set_timesteps(steps)
         tokens, _ = guidance.text_encoder.encode(chunk)
         _, uncond = guidance.view_embeddings(chunk[:1])
@@ -153,7 +154,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cfg", type=float, nargs="+", default=[1.5, 3, 5, 7.5, 15, 30])
     parser.add_argument("--samples", type=int, default=2, help="noise seeds per prompt")
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
-    parser.add_argument("--limit", type=int, default=0, help="prompts per split (0: all; quick checks)")
+    parser.add_argument("--limit", type=int, default=0, help="prompts per split, spread evenly (0: all 300)")
+    parser.add_argument("--view-limit", type=int, default=0, help="front-facing prompts for view accuracy (0: all 30)")
     parser.add_argument("--grid", default="docs/prior-samples.png", help="PNG grid of samples ('' to skip)")
     parser.add_argument("--grid-cfg", type=float, nargs="+", default=[3, 7.5])
     parser.add_argument("--no-classifier", action="store_true", help="skip the diffusion-classifier rows")
@@ -163,13 +165,11 @@ def main(argv=None) -> int:
     guidance = DiffusionGuidance.from_folder(args.prior, perp_neg="none")
     clip = CLIPScorer.from_folder(args.clip)
     train, held_out = prompt_split()
-    splits = {"held-out": held_out, "train": train[: len(held_out)]}
-    if args.limit:
-        splits = {k: v[: args.limit] for k, v in splits.items()}
+    splits = {"held-out": held_out, "train": spread_subset(sorted(train), len(held_out))}  # 300 and 300
+    if args.limit:  # an even spread over each split, so every kind of prompt stays represented
+        splits = {k: spread_subset(sorted(v), args.limit) for k, v in splits.items()}
     queries = all_prompts()
-    fronts = [p for p in queries if scene_for_prompt(p).front_facing]
-    if args.limit:
-        fronts = fronts[: args.limit]
+    fronts = spread_subset([p for p in queries if scene_for_prompt(p).front_facing], args.view_limit)
     size = guidance.unet.config.sample_size
     report: dict = {"prior": str(args.prior), "samples": args.samples, "ddim_steps": args.steps, "rows": []}
     print("| split | CFG | sample R-precision | view accuracy (front-facing) | prompts x samples |")

@@ -22,6 +22,13 @@ def test_grammar_covers_every_prompt_and_refuses_others():
     assert len({p.split()[1] for p in prompts if p.split()[1] in COLOURS}) >= 8
     with pytest.raises(ValueError, match="not a toy-world prompt"):
         scene_for_prompt("a dragon")
+    # English articles: "an" before a vowel reads the same scene as the list's "a"
+    for english, listed in [("an orange duck with an orange beak", "a orange duck with an orange beak"),
+                            ("an orange cube on top of a white sphere", "a orange cube on top of a white sphere"),
+                            ("a red cube on top of an orange sphere", "a red cube on top of a orange sphere")]:
+        a, b = scene_for_prompt(english), scene_for_prompt(listed)
+        p = torch.rand(500, 3) * 2 - 1
+        assert torch.equal(a.sdf(p), b.sdf(p)) and torch.equal(a.albedo(p), b.albedo(p))
 
 
 def test_split_is_seeded_and_held_out_words_are_all_seen():

@@ -166,17 +166,19 @@ def _house(prompt, colour) -> Scene:
 _SHAPE = "|".join(SHAPES)
 _COLOUR = "|".join(COLOURS)
 GRAMMAR = [
-    (re.compile(rf"^a (?:(small|large) )?({_COLOUR}) ({_SHAPE})$"), lambda m, p: _single(p, m[1] or "", m[2], m[3])),
-    (re.compile(rf"^a ({_COLOUR}) ({_SHAPE}) on top of a ({_COLOUR}) ({_SHAPE})$"),
+    (re.compile(rf"^an? (?:(small|large) )?({_COLOUR}) ({_SHAPE})$"),
+     lambda m, p: _single(p, m[1] or "", m[2], m[3])),
+    (re.compile(rf"^an? ({_COLOUR}) ({_SHAPE}) on top of an? ({_COLOUR}) ({_SHAPE})$"),
      lambda m, p: _stack(p, m[1], m[2], m[3], m[4])),
-    (re.compile(rf"^a ({_COLOUR}) snowman with a carrot nose$"), lambda m, p: _snowman(p, m[1])),
-    (re.compile(rf"^a ({_COLOUR}) duck with an orange beak$"), lambda m, p: _duck(p, m[1])),
-    (re.compile(rf"^a ({_COLOUR}) house with a door$"), lambda m, p: _house(p, m[1])),
+    (re.compile(rf"^an? ({_COLOUR}) snowman with a carrot nose$"), lambda m, p: _snowman(p, m[1])),
+    (re.compile(rf"^an? ({_COLOUR}) duck with an orange beak$"), lambda m, p: _duck(p, m[1])),
+    (re.compile(rf"^an? ({_COLOUR}) house with a door$"), lambda m, p: _house(p, m[1])),
 ]
 
 
 def scene_for_prompt(prompt: str) -> Scene:
-    """The scene a toy-world prompt describes; ValueError for a prompt outside the grammar."""
+    """The scene a toy-world prompt describes ("a" or "an" alike: "an orange cube" is "a orange cube", the form
+    the world's own prompt list keeps); ValueError for a prompt outside the grammar."""
     text = " ".join(prompt.lower().split())
     for pattern, build in GRAMMAR:
         match = pattern.match(text)

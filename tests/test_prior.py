@@ -175,3 +175,31 @@ def test_stale_temporaries_of_interrupted_saves_are_removed_and_nothing_else(tmp
     assert sorted(p.name for p in removed) == [".export.abc123.tmp", ".export.old-999999999"]
     assert (tmp_path / "export" / "a.txt").read_text() == "x" and (tmp_path / ".other.x.tmp").exists()
     assert (tmp_path / f".export.old-{os.getpid()}").exists()
+
+
+def test_prior_eval_prints_its_table_and_writes_the_grid(tmp_path, monkeypatch, capsys):
+    """The evaluation command end to end on a tiny random prior and CLIP (the view judge swapped for an untrained
+    one, to keep it quick): every row is printed, the numbers are shares, the grid has one tile per prompt x view."""
+    import json
+
+    from PIL import Image
+
+    from training.random_priors import save_random_clip
+    from training.toyworld import prior_eval
+    from training.toyworld.view_judge import ViewJudge
+
+    prior = save_random_prior(tmp_path / "prior", latent=False, sample_size=16)
+    clip = save_random_clip(tmp_path / "clip")
+    monkeypatch.setattr(prior_eval, "train_view_judge", lambda size: (ViewJudge().eval(), 0.5))
+    grid, report = tmp_path / "grid.png", tmp_path / "report.json"
+    assert prior_eval.main(["--prior", str(prior), "--clip", str(clip), "--limit", "3", "--view-limit", "2",
+                            "--cfg", "1.5", "3", "--samples", "1", "--steps", "2", "--grid", str(grid),
+                            "--grid-cfg", "3", "--output", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| held-out | ") == 4 and out.count("| train | ") == 4  # ground truth, 2 CFGs, classifier
+    rows = json.loads(report.read_text())["rows"]
+    assert all(0 <= r["r_precision"] <= 1 for r in rows)
+    assert [r["view_accuracy"] for r in rows if "view_accuracy" in r] == [r["view_accuracy"] for r in rows[1:3]]
+    assert all(0 <= r["view_accuracy"] <= 1 for r in rows if "view_accuracy" in r)
+    image = Image.open(grid)
+    assert image.size == (300 + 2 * 16 * 3, 36 + len(prior_eval.GRID_PROMPTS) * 16 * 3)

@@ -26,7 +26,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from instant3d.cameras import orbit_cameras  # noqa: E402
 from instant3d.color import linear_to_srgb  # noqa: E402
@@ -93,19 +92,6 @@ def ground_truth_front(prompts: list[str], size: int, seed: int = 0) -> torch.Te
         img, _ = render_scene(scene_for_prompt(prompt), cams, size, torch.rand(1, 3, generator=gen))
         images.append(linear_to_srgb(img[0]).permute(2, 0, 1))
     return torch.stack(images)
-
-
-def view_prototypes(clip: CLIPScorer, prompt: str, size: int, renders: int = 8) -> torch.Tensor:
-    """Mean CLIP image features (2, E) of true front and true back renders (elevations 0-30, random backgrounds)."""
-    gen = torch.Generator().manual_seed(0)
-    feats = []
-    for azimuth in (0.0, 180.0):
-        az = azimuth + 40 * torch.rand(renders, generator=gen) - 20
-        cams = orbit_cameras(az, 30 * torch.rand(renders, generator=gen), 3.3, 40.0)
-        img, _ = render_scene(scene_for_prompt(prompt), cams, size, torch.rand(renders, 3, generator=gen))
-        with torch.no_grad():
-            feats.append(F.normalize(clip.image_features(linear_to_srgb(img).permute(0, 3, 1, 2)).mean(0), dim=-1))
-    return torch.stack(feats)
 
 
 def view_accuracy(guidance, judge, prompts: list[str], cfg: float, samples: int, steps: int) -> float:

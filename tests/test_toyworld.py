@@ -126,11 +126,13 @@ def test_tiny_recipe_world_to_priors_to_sds_to_evaluation(tmp_path):
                        negative_scale=torch.tensor([0.5, 2.0]), generator=torch.Generator().manual_seed(0))
     out.loss.backward()
     assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
-    # resuming continues the step count
+    # resuming continues the step count, and keeps the notes written under the export's first line
+    (prior_dir / "TRAINING.md").write_text((prior_dir / "TRAINING.md").read_text() + "\nWall time: 1 min.\n")
     assert prior_train.main(["--clip", str(clip_dir), "--out", str(prior_dir), "--work", str(tmp_path / "w2"),
                              "--steps", "3", "--batch", "4", "--views", "2", "--size", "16", "--save-every", "1",
                              "--max-prompts", "40", "--probe", "0"]) == 0
-    assert "step 3" in (prior_dir / "TRAINING.md").read_text()
+    notes = (prior_dir / "TRAINING.md").read_text()
+    assert notes.startswith("Trained by `") and "step 3" in notes.splitlines()[0] and "Wall time: 1 min." in notes
     # a fresh checkout has no run state but the committed export: training continues from it
     import shutil
 

@@ -113,6 +113,14 @@ def track_accuracy(unet, scheduler, encoder: TextEncoder, probes) -> dict[str, f
     return {k: round(v, 3) for k, v in out.items() if not k.startswith("n_")}
 
 
+def training_notes(out: Path, command: str, step: int) -> str:
+    """TRAINING.md: the command and step on its first line, rewritten at every export; whatever notes follow the
+    first blank line of the previous export (wall times, history) are kept."""
+    previous = (out / "TRAINING.md").read_text() if (out / "TRAINING.md").is_file() else ""
+    kept = previous.split("\n\n", 1)[1] if previous.startswith("Trained by `") and "\n\n" in previous else ""
+    return f"Trained by `{command}`; EMA weights at step {step}.\n" + (f"\n{kept}" if kept else "")
+
+
 def uncond_embedding(encoder: TextEncoder) -> torch.Tensor:
     """The empty prompt's token sequence (L, D) (``clean_prompt`` refuses "", so it is tokenised here)."""
     ids = encoder.tokenizer([""], padding="max_length", max_length=encoder.max_length, return_tensors="pt").input_ids
@@ -244,7 +252,7 @@ def main(argv=None) -> int:
             save_run_state(work / "state", {"unet": unet, "ema": ema_unet}, optimizer, step, {"history": history})
             export_folder(out, ema_unet, scheduler, clip_folder, {
                 "progress.json": json.dumps({"step": step, "batch": args.batch, "history": history}, indent=1),
-                "TRAINING.md": f"Trained by `{command}`; EMA weights at step {step}.\n",
+                "TRAINING.md": training_notes(out, command, step),
             })
             log.info("step %d: exported %s", step, out)
             timer = time.time()

@@ -2,7 +2,7 @@
 
     python app.py [--checkpoint PATH] [--host 127.0.0.1] [--port 7860] [--share] [--device cpu|cuda]
 
-Widgets and event wiring only: the work lives in ``instant3d.service``. Binds 127.0.0.1 and makes no share
+Widgets and event wiring only: the work lives in ``instant3d_app.service``. Binds 127.0.0.1 and makes no share
 link unless asked; analytics and hub telemetry are off before Gradio is imported.
 """
 
@@ -20,10 +20,11 @@ from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
 
-from instant3d.export import MAX_RESOLUTION, ExportOptions  # noqa: E402
-from instant3d.pipeline import ASSETS, MAX_SEED, Instant3DPipeline, bundled_checkpoints  # noqa: E402
-from instant3d.service import Instant3DService, UserError, format_timings, random_seed  # noqa: E402
-from instant3d.shading import SHADINGS  # noqa: E402
+from instant3d.export.mesh import MAX_RESOLUTION, ExportOptions  # noqa: E402
+from instant3d.pipeline import MAX_SEED, Instant3DPipeline  # noqa: E402
+from instant3d.registry import ASSETS, bundled_checkpoints  # noqa: E402
+from instant3d_app.service import Instant3DService, UserError, format_timings, random_seed  # noqa: E402
+from instant3d.render.shading import SHADINGS  # noqa: E402
 
 EXAMPLES_FILE = ASSETS / "examples.txt"
 DEFAULT_EXPORT = {
@@ -175,7 +176,7 @@ def parse_args(argv=None):
 def make_service(args) -> Instant3DService:
     """The default model (--checkpoint, the bundled default, or random weights) plus every bundled checkpoint."""
     if args.random_weights:
-        from instant3d.random_models import random_small_pipeline
+        from instant3d.testing.random_models import random_small_pipeline
 
         pipeline, name = random_small_pipeline(args.device or "cpu"), "random-weights"
     else:

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from bench.inference import cpu_name
-from instant3d.random_models import random_small_pipeline
-from instant3d.service import Instant3DService
-from training.analytic import fit_triplane, snowman
+from instant3d.testing.random_models import random_small_pipeline
+from instant3d_app.service import Instant3DService
+from instant3d.testing.analytic import fit_triplane, snowman
 
 
 def main() -> None:

@@ -14,10 +14,10 @@ import torch
 
 from bench.inference import cpu_name
 from instant3d.config import preset_config
-from instant3d.export import ExportOptions
-from instant3d.model import Instant3DModel
+from instant3d.export.mesh import ExportOptions
+from instant3d.models.model import Instant3DModel
 from instant3d.pipeline import Instant3DOutput
-from training.analytic import fit_triplane, snowman
+from instant3d.testing.analytic import fit_triplane, snowman
 
 STAGES = ["grid", "marching_cubes", "cleanup", "decimate", "uv", "bake", "write"]
 

@@ -20,17 +20,18 @@ from pathlib import Path
 
 import torch
 
-from instant3d.cameras import orbit_cameras
+from instant3d.render.cameras import orbit_cameras
 from instant3d.config import preset_config
-from instant3d.model import Instant3DModel
-from instant3d.pipeline import Instant3DOutput, ResultCache, style_noise
-from instant3d.preview import BakedVolume
-from instant3d.random_models import save_random_clip_text
-from instant3d.renderer import render_views
-from instant3d.shading import DISPLAY_AMBIENT, display_light
-from instant3d.text_encoder import TextEncoder
-from instant3d.video import write_mp4
-from training.analytic import fit_triplane, snowman
+from instant3d.models.model import Instant3DModel
+from instant3d.cache import ResultCache
+from instant3d.pipeline import Instant3DOutput, style_noise
+from instant3d.render.preview import BakedVolume
+from instant3d.testing.random_models import save_random_clip_text
+from instant3d.render.renderer import render_views
+from instant3d.render.shading import DISPLAY_AMBIENT, display_light
+from instant3d.models.text_encoder import TextEncoder
+from instant3d.export.video import write_mp4
+from instant3d.testing.analytic import fit_triplane, snowman
 
 
 def timed(fn, repeats: int, warmup: int = 1) -> tuple[float, object]:

@@ -2,86 +2,31 @@
 
 from __future__ import annotations
 
-import re
 import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .cameras import orbit_cameras
-from .checkpoint import CheckpointError, load_model, text_encoder_folder
-from .config import Instant3DConfig
-from .export import ExportResult, export_files
-from .model import Instant3DModel
-from .preview import BakedVolume
-from .color import to_uint8_srgb
-from .renderer import render_views
-from .shading import DISPLAY_AMBIENT, check_shading, display_light
-from .text_encoder import TextEncoder, clean_prompt
-from .video import write_mp4
+from instant3d.cache import ResultCache
+from instant3d.render.cameras import orbit_cameras
+from instant3d.io.checkpoint import CheckpointError, load_model, text_encoder_folder
+from instant3d.config import Instant3DConfig
+from instant3d.export.mesh import ExportResult, export_files
+from instant3d.models.model import Instant3DModel
+from instant3d.render.preview import BakedVolume
+from instant3d.render.color import to_uint8_srgb
+from instant3d.render.renderer import render_views
+from instant3d.render.shading import DISPLAY_AMBIENT, check_shading, display_light
+from instant3d.models.text_encoder import TextEncoder, clean_prompt
+from instant3d.export.video import write_mp4
+from instant3d.registry import default_checkpoint
+from instant3d.vocabulary import load_vocabulary, unknown_words_note
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-CHECKPOINTS = ASSETS / "checkpoints"
-DEFAULT_POINTER = CHECKPOINTS / "DEFAULT"  # a text file naming the default checkpoint's folder
 MAX_SEED = 2**32 - 1
 MAX_RENDER_SIZE = 1024
 MAX_FRAMES = 720
-
-
-def bundled_checkpoints() -> dict[str, Path]:
-    """Checkpoint folders in assets/checkpoints (name -> folder)."""
-    if not CHECKPOINTS.is_dir():
-        return {}
-    return {p.name: p for p in sorted(CHECKPOINTS.iterdir()) if (p / "config.json").is_file()}
-
-
-def default_checkpoint() -> Path:
-    """The bundled default checkpoint folder, or a CheckpointError saying why there is none."""
-    if not DEFAULT_POINTER.is_file():
-        raise CheckpointError(
-            f"no bundled default checkpoint: {DEFAULT_POINTER} does not exist. The default is trained by the "
-            "toy-world recipe (see docs/toyworld.md); until it is there, pass a checkpoint folder: "
-            "Instant3DPipeline.from_pretrained('path/to/checkpoint')"
-        )
-    folder = CHECKPOINTS / DEFAULT_POINTER.read_text().strip()
-    if not folder.is_dir():
-        raise CheckpointError(f"{DEFAULT_POINTER} names {folder.name!r}, but {folder} does not exist")
-    return folder
-
-
-TRAINING_PROMPTS_NAME = "training_prompts.txt"  # optional, in a checkpoint folder: the prompts it trained on
-
-
-def prompt_words(text: str) -> list[str]:
-    """Lower-case words of a prompt, any script, apostrophes kept inside words; numbers and '3d'-like tokens
-    (anything with a digit) are left out, as no vocabulary lists them."""
-    words = re.findall(r"[^\W_]+(?:['\u2019][^\W_]+)*", text.lower())
-    return [w for w in words if not any(c.isdigit() for c in w)]
-
-
-def load_vocabulary(folder: Path) -> frozenset[str] | None:
-    """The words of the checkpoint's training prompts; None (no note is given) when the checkpoint has no
-    non-empty training_prompts.txt."""
-    path = Path(folder) / TRAINING_PROMPTS_NAME
-    if not path.is_file():
-        return None
-    return frozenset(prompt_words(path.read_text(encoding="utf-8"))) or None
-
-
-def unknown_words_note(text: str, vocabulary: frozenset[str] | None) -> str | None:
-    """A note naming the prompt's words the model never saw in training (it can only guess at those)."""
-    if not vocabulary:
-        return None
-    unknown = list(dict.fromkeys(w for w in prompt_words(text) if w not in vocabulary))
-    if not unknown:
-        return None
-    shown = ", ".join(repr(w) for w in unknown[:8]) + (", ..." if len(unknown) > 8 else "")
-    known = ", ".join(sorted(vocabulary)[:60]) + (", ..." if len(vocabulary) > 60 else "")
-    return (f"this model never saw the word{'s' if len(unknown) > 1 else ''} {shown} in training, so the object "
-            f"is a guess. Its words: {known}")
 
 
 def check_seed(seed) -> int:
@@ -98,46 +43,6 @@ def check_seed(seed) -> int:
 def style_noise(seed: int, z_dim: int) -> torch.Tensor:
     """The style noise z for a seed: drawn on the CPU so that every device gets the same z."""
     return torch.randn(1, z_dim, generator=torch.Generator().manual_seed(seed))
-
-
-class ResultCache:
-    """Recent results by (prompt, seed), bounded by count and by bytes (a result's size grows once baked)."""
-
-    def __init__(self, max_items: int = 32, max_bytes: int = 512 * 2**20):
-        self.max_items, self.max_bytes = max_items, max_bytes
-        self._items: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key):
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        return None
-
-    def put(self, key, value) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            self._evict()
-
-    def trim(self) -> None:
-        with self._lock:
-            self._evict()
-
-    def _evict(self) -> None:
-        while len(self._items) > self.max_items or (len(self._items) > 1 and self.nbytes() > self.max_bytes):
-            self._items.popitem(last=False)
-
-    def nbytes(self) -> int:
-        return sum(v.nbytes() for v in self._items.values())
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
 
 
 class Instant3DOutput:
@@ -175,7 +80,7 @@ class Instant3DOutput:
         return self.field.bake(self.triplane, resolution)[0]
 
     def export_glb(self, path, **options) -> ExportResult:
-        """A textured GLB of the object (see ``instant3d.export.ExportOptions`` for the options)."""
+        """A textured GLB of the object (see ``instant3d.export.mesh.ExportOptions`` for the options)."""
         return export_files(self, glb=path, **options)
 
     def export_obj_zip(self, path, **options) -> ExportResult:

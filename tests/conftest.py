@@ -28,23 +28,23 @@ if not torch.cuda.is_available():
 
 @pytest.fixture(scope="session")
 def tiny_text_folder(tmp_path_factory):
-    from instant3d.random_models import save_random_clip_text
+    from instant3d.testing.random_models import save_random_clip_text
 
     return save_random_clip_text(tmp_path_factory.mktemp("text") / "sd", layout="sd")
 
 
 @pytest.fixture(scope="session")
 def tiny_text_encoder(tiny_text_folder):
-    from instant3d.text_encoder import TextEncoder
+    from instant3d.models.text_encoder import TextEncoder
 
     return TextEncoder.from_folder(tiny_text_folder)
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, tiny_text_encoder):
-    from instant3d.checkpoint import save_checkpoint
+    from instant3d.io.checkpoint import save_checkpoint
     from instant3d.config import preset_config
-    from instant3d.model import Instant3DModel
+    from instant3d.models.model import Instant3DModel
 
     torch.manual_seed(0)
     config = preset_config("tiny", num_tokens=tiny_text_encoder.max_length, token_dim=tiny_text_encoder.token_dim)
@@ -63,8 +63,8 @@ def tiny_pipeline(tiny_checkpoint):
 def fitted_snowman():
     """A small-preset field whose triplane was fitted to an analytic snowman: a real object to render."""
     from instant3d.config import preset_config
-    from instant3d.field import TriplaneField
-    from training.analytic import fit_triplane, snowman
+    from instant3d.models.field import TriplaneField
+    from instant3d.testing.analytic import fit_triplane, snowman
 
     torch.manual_seed(0)
     cfg = preset_config("small")

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from training.toyworld import prompt_split, scene_for_prompt
-from training.toyworld.ablations import ablation_prompts, main, steps_to_reach
+from toyworld import prompt_split, scene_for_prompt
+from toyworld.ablations import ablation_prompts, main, steps_to_reach
 
 TINY = ['model.preset="tiny"', "optim.batch_size=1", "render.resolution=16", "render.samples=8",
         "render.importance=8"]

@@ -11,7 +11,7 @@ import pytest
 from imageio_ffmpeg import get_ffmpeg_exe
 
 from instant3d import Instant3DPipeline
-from instant3d.service import Instant3DService, UserError, check_prompt, check_seed
+from instant3d_app.service import Instant3DService, UserError, check_prompt, check_seed
 from tests.test_export import validate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -301,7 +301,7 @@ def test_in_a_real_browser(server, tmp_path):
 def test_switching_models(tiny_checkpoint, tmp_path):
     import torch
 
-    from instant3d.checkpoint import load_model, save_checkpoint
+    from instant3d.io.checkpoint import load_model, save_checkpoint
 
     model, _ = load_model(tiny_checkpoint)
     torch.manual_seed(5)

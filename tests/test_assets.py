@@ -5,14 +5,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from instant3d.cameras import orbit_cameras
-from instant3d.color import linear_to_srgb
+from instant3d.render.cameras import orbit_cameras
+from instant3d.render.color import linear_to_srgb
 from instant3d.config import preset_config
-from instant3d.text_encoder import TextEncoder
+from instant3d.models.text_encoder import TextEncoder
 from training.clip_model import CLIPScorer
-from training.toyworld import all_prompts, scene_for_prompt
-from training.toyworld.render import render_scene
-from training.toyworld.scenes import spread_subset
+from toyworld import all_prompts, scene_for_prompt
+from toyworld.render import render_scene
+from toyworld.scenes import spread_subset
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -52,8 +52,8 @@ def test_the_evaluation_clip_is_another_model():
 def test_the_default_checkpoint_loads_from_assets_and_makes_the_right_objects():
     """What a fresh checkout's app loads: held-out prompts give the right shape and colour (exact ground truth)."""
     from instant3d import Instant3DPipeline
-    from training.toyworld import prompt_split
-    from training.toyworld.metrics import colour_scores, geometry_iou
+    from toyworld import prompt_split
+    from toyworld.metrics import colour_scores, geometry_iou
 
     pipe = Instant3DPipeline.from_pretrained(device="cpu")
     assert pipe.source.parent == ASSETS / "checkpoints"
@@ -70,7 +70,8 @@ def test_the_default_checkpoint_loads_from_assets_and_makes_the_right_objects():
 
 
 def test_every_example_uses_only_words_every_bundled_checkpoint_knows():
-    from instant3d.pipeline import bundled_checkpoints, load_vocabulary, unknown_words_note
+    from instant3d.registry import bundled_checkpoints
+    from instant3d.vocabulary import load_vocabulary, unknown_words_note
 
     examples = [line for line in (ASSETS / "examples.txt").read_text().splitlines() if line.strip()]
     assert len(examples) >= 4
@@ -84,9 +85,9 @@ def test_the_sds_checkpoint_makes_objects_not_an_empty_scene():
     """The paper's method against our priors: held-out prompts give solid objects of roughly the right shape
     (held-out mean IoU 0.545 over all 300 in the README), not the empty scene an SDS collapse leaves."""
     from instant3d import Instant3DPipeline
-    from instant3d.pipeline import bundled_checkpoints
-    from training.toyworld import prompt_split
-    from training.toyworld.metrics import geometry_iou
+    from instant3d.registry import bundled_checkpoints
+    from toyworld import prompt_split
+    from toyworld.metrics import geometry_iou
 
     pipe = Instant3DPipeline.from_pretrained(bundled_checkpoints()["toyworld-sds"], device="cpu")
     _, held_out = prompt_split()
@@ -106,7 +107,7 @@ def test_the_bundled_prior_loads_like_stable_diffusion_and_its_view_words_change
     whose views look alike. (The earlier prior drew the same picture: mean absolute differences 0.007-0.013 for
     these four prompts; this one 0.03-0.07 for the three objects with a front.)"""
     from training.guidance import DiffusionGuidance
-    from training.toyworld.prior_eval import sample
+    from toyworld.prior_eval import sample
 
     guidance = DiffusionGuidance.from_folder(ASSETS / "priors" / "toy-diffusion", perp_neg="adaptive")
     assert guidance.vae is None and guidance.input_size == 32 and guidance.prediction_type == "v_prediction"

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from instant3d import CheckpointError, Instant3DPipeline
-from instant3d.checkpoint import load_model, save_checkpoint
-from instant3d.model import Instant3DModel
+from instant3d.io.checkpoint import load_model, save_checkpoint
+from instant3d.models.model import Instant3DModel
 
 
 def test_round_trip_is_bit_exact(tmp_path, tiny_checkpoint):
@@ -90,7 +90,7 @@ def test_failed_save_leaves_the_old_checkpoint(tmp_path, tiny_checkpoint, monkey
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("instant3d.checkpoint.save_file", boom)
+    monkeypatch.setattr("instant3d.io.checkpoint.save_file", boom)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(Instant3DModel(model.config), target, text_encoder_path="x")
     assert (target / "model.safetensors").read_bytes() == before
@@ -101,7 +101,7 @@ def test_atomic_folders_end_up_with_ordinary_permissions(tmp_path):
     import os
     import stat
 
-    from instant3d.files import atomic_folder
+    from instant3d.io.files import atomic_folder
 
     umask = os.umask(0o022)
     try:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from instant3d.config import ConfigError, Instant3DConfig, preset_config
-from instant3d.model import Instant3DModel
+from instant3d.models.model import Instant3DModel
 
 
 @pytest.mark.parametrize("name", ["tiny", "small"])

@@ -10,9 +10,9 @@ import pytest
 import torch
 import trimesh
 
-from instant3d.color import srgb_to_linear
-from instant3d.export import ExportError, export_glb, export_obj_zip, rasterize_uv
-from training.analytic import AnalyticSource, box, front_back_sphere, snowman, sphere
+from instant3d.render.color import srgb_to_linear
+from instant3d.export.mesh import ExportError, export_glb, export_obj_zip, rasterize_uv
+from instant3d.testing.analytic import AnalyticSource, box, front_back_sphere, snowman, sphere
 
 ROOT = Path(__file__).resolve().parent.parent
 

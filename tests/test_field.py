@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from instant3d.config import FieldConfig
-from instant3d.field import PLANE_AXES, TriplaneField, scaled_sigmoid
+from instant3d.models.field import PLANE_AXES, TriplaneField, scaled_sigmoid
 
 
 @pytest.mark.parametrize("alpha", [0.25, 0.5, 0.75, 1.0])
@@ -81,7 +81,7 @@ def test_bake_equals_the_field_at_grid_points(aggregation):
 
 def test_training_srgb_curve_matches_the_standard_in_range_and_keeps_gradients_above_one():
     """The scaled sigmoid at alpha < 1 gives albedo up to 1/alpha; the curve the priors see must not go flat there."""
-    from instant3d.color import linear_to_srgb, linear_to_srgb_unbounded
+    from instant3d.render.color import linear_to_srgb, linear_to_srgb_unbounded
 
     x = torch.linspace(0, 1, 1001, dtype=torch.float64)
     assert torch.allclose(linear_to_srgb_unbounded(x), linear_to_srgb(x), atol=0, rtol=0)

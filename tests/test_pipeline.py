@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from instant3d import CheckpointError, Instant3DPipeline, PromptError, PromptTruncatedWarning
-from instant3d.pipeline import ResultCache
+from instant3d.cache import ResultCache
 
 
 def test_same_prompt_and_seed_give_the_same_triplane_and_frames(tiny_checkpoint):
@@ -110,14 +110,14 @@ def test_orbit_video_is_h264_yuv420p_with_the_requested_frames(tiny_pipeline, tm
 
 
 def test_no_default_checkpoint_gives_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setattr("instant3d.pipeline.DEFAULT_POINTER", tmp_path / "DEFAULT")
+    monkeypatch.setattr("instant3d.registry.DEFAULT_POINTER", tmp_path / "DEFAULT")
     with pytest.raises(CheckpointError, match="no bundled default checkpoint"):
         Instant3DPipeline.from_pretrained()
 
 
 def test_text_encoder_of_another_shape_is_refused(tmp_path, tiny_checkpoint):
-    from instant3d.checkpoint import load_model, save_checkpoint
-    from instant3d.random_models import save_random_clip_text
+    from instant3d.io.checkpoint import load_model, save_checkpoint
+    from instant3d.testing.random_models import save_random_clip_text
 
     other = save_random_clip_text(tmp_path / "wide", hidden=48, max_length=16)
     model, _ = load_model(tiny_checkpoint)

@@ -2,11 +2,11 @@ import math
 
 import torch
 
-from instant3d.cameras import orbit_cameras
+from instant3d.render.cameras import orbit_cameras
 from instant3d.config import FieldConfig
-from instant3d.field import TriplaneField
-from instant3d.preview import BakedVolume
-from instant3d.renderer import render_views
+from instant3d.models.field import TriplaneField
+from instant3d.render.preview import BakedVolume
+from instant3d.render.renderer import render_views
 
 
 def _psnr(a, b):
@@ -57,7 +57,7 @@ def test_fast_preview_is_within_30db_of_the_full_renderer(fitted_snowman):
 
 def test_lit_fast_preview_is_close_to_the_lit_full_renderer(fitted_snowman):
     """Lit, the preview's normals come from the baked density grid, the full renderer's from the field."""
-    from instant3d.shading import display_light
+    from instant3d.render.shading import display_light
 
     field, planes = fitted_snowman
     vol = BakedVolume.from_field(field, planes, 96)

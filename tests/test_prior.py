@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from training.guidance import DiffusionGuidance
-from training.random_priors import save_random_prior
-from training.toyworld.prior_probe import (ProbeImage, attribute_alternatives, candidate_sets, denoising_errors,
+from instant3d.testing.random_priors import save_random_prior
+from toyworld.prior_probe import (ProbeImage, attribute_alternatives, candidate_sets, denoising_errors,
                                            diffusion_classifier, prompt_fields)
-from training.toyworld.prior_train import build_scheduler, min_snr_weights
+from toyworld.prior_train import build_scheduler, min_snr_weights
 
 
 def test_prompt_fields_and_one_attribute_alternatives():
@@ -128,8 +128,8 @@ def test_the_recipes_scheduler_predicts_v_on_the_cosine_schedule_and_guidance_co
 
 
 def test_hard_pairs_differ_only_in_view_or_in_colour_binding():
-    from training.toyworld.clip_train import HardPairs
-    from training.toyworld.dataset import render_set, view_label
+    from toyworld.clip_train import HardPairs
+    from toyworld.dataset import render_set, view_label
 
     prompts = ["a white snowman with a carrot nose", "a red cube on top of a blue sphere",
                "a blue cube on top of a red sphere", "a green cone"]
@@ -163,7 +163,7 @@ def test_an_unreadable_run_state_stops_the_run_instead_of_restarting_it(tmp_path
 def test_stale_temporaries_of_interrupted_saves_are_removed_and_nothing_else(tmp_path):
     import os
 
-    from instant3d.files import atomic_folder, remove_stale_temporaries
+    from instant3d.io.files import atomic_folder, remove_stale_temporaries
 
     with atomic_folder(tmp_path / "export") as tmp:
         (tmp / "a.txt").write_text("x")
@@ -184,9 +184,9 @@ def test_prior_eval_prints_its_table_and_writes_the_grid(tmp_path, monkeypatch, 
 
     from PIL import Image
 
-    from training.random_priors import save_random_clip
-    from training.toyworld import prior_eval
-    from training.toyworld.view_judge import ViewJudge
+    from instant3d.testing.random_priors import save_random_clip
+    from toyworld import prior_eval
+    from toyworld.view_judge import ViewJudge
 
     prior = save_random_prior(tmp_path / "prior", latent=False, sample_size=16)
     clip = save_random_clip(tmp_path / "clip")

@@ -4,8 +4,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from instant3d.cameras import camera_positions, generate_rays, orbit_cameras, ray_box_intersect
-from instant3d.renderer import importance_samples, render_rays, render_views
+from instant3d.render.cameras import camera_positions, generate_rays, orbit_cameras, ray_box_intersect
+from instant3d.render.renderer import importance_samples, render_rays, render_views
 
 
 class AnalyticField(torch.nn.Module):
@@ -74,7 +74,7 @@ def test_depth_variance_of_a_uniform_fog_matches_dense_float64_integration(sigma
 def test_lit_views_match_lambert_at_the_centre_pixel_with_one_light_per_view():
     """An opaque sphere seen through its centre: the surface normal there points at the camera, so the pixel is
     albedo x (ambient + (1 - ambient) cos(camera direction, light)), with each view's own display light."""
-    from instant3d.shading import DISPLAY_AMBIENT, display_light
+    from instant3d.render.shading import DISPLAY_AMBIENT, display_light
 
     field = AnalyticField(radius=0.5, sigma=500.0, front=(0.8, 0.6, 0.4), back=(0.8, 0.6, 0.4))
     cams = orbit_cameras([20.0, 200.0, 90.0], [70.0, -30.0, 0.0], radius=3.0)
@@ -151,7 +151,7 @@ def test_importance_samples_follow_the_weights():
 
 def test_renderer_is_differentiable_and_takes_per_image_backgrounds():
     from instant3d.config import FieldConfig
-    from instant3d.field import TriplaneField
+    from instant3d.models.field import TriplaneField
 
     field = TriplaneField(FieldConfig(hidden_dims=(8,)), plane_channels=4)
     planes = torch.randn(2, 3, 4, 8, 8, requires_grad=True)

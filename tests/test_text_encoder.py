@@ -4,8 +4,8 @@ import warnings
 import pytest
 import torch
 
-from instant3d.text_encoder import PromptError, PromptTruncatedWarning, TextEncoder, TextEncoderError, clean_prompt
-from instant3d.random_models import save_random_clip_text
+from instant3d.models.text_encoder import PromptError, PromptTruncatedWarning, TextEncoder, TextEncoderError, clean_prompt
+from instant3d.testing.random_models import save_random_clip_text
 
 
 @pytest.fixture(scope="module")

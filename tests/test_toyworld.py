@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from instant3d.cameras import orbit_cameras
+from instant3d.render.cameras import orbit_cameras
 from training.prompt_sets import load_prompt_set
-from training.toyworld import all_prompts, prompt_split, scene_for_prompt
-from training.toyworld.render import render_scene
-from training.toyworld.scenes import COLOURS, sd_box, sd_cone, sd_cylinder, sd_pyramid, sd_sphere, sd_torus
+from toyworld import all_prompts, prompt_split, scene_for_prompt
+from toyworld.render import render_scene
+from toyworld.scenes import COLOURS, sd_box, sd_cone, sd_cylinder, sd_pyramid, sd_sphere, sd_torus
 
 
 def test_grammar_covers_every_prompt_and_refuses_others():
@@ -84,7 +84,7 @@ def test_render_colours_backgrounds_and_coverage():
     expected = np.pi * (np.tan(np.arcsin(0.65 / 3.2)) / np.tan(np.radians(20)) * 16) ** 2
     assert mask[0].sum().item() == pytest.approx(expected, rel=0.05)
     # depth: the closed-form ray-sphere distance on the 2x supersampled rays, averaged per pixel (float64)
-    from instant3d.cameras import generate_rays
+    from instant3d.render.cameras import generate_rays
 
     _, mask, depth = render_scene(s, cams, 32, bg, return_depth=True)
     origins, dirs = (x.double() for x in generate_rays(cams, 64))
@@ -105,7 +105,7 @@ def test_tiny_recipe_world_to_priors_to_sds_to_evaluation(tmp_path):
     import json
 
     from training.guidance import DiffusionGuidance
-    from training.toyworld import clip_train, prior_train
+    from toyworld import clip_train, prior_train
 
     clip_dir, prior_dir = tmp_path / "clip", tmp_path / "prior"
     assert clip_train.main(["--out", str(clip_dir), "--work", str(tmp_path / "w1"), "--steps", "3", "--batch", "16",
@@ -143,7 +143,7 @@ def test_tiny_recipe_world_to_priors_to_sds_to_evaluation(tmp_path):
     assert '"step": 4' in (prior_dir / "progress.json").read_text()
 
     # SDS + CLIP loss + adaptive Perp-Neg with the toy-world recipe against these priors, then the quality report
-    from training.evaluate import main as evaluate
+    from toyworld.report import main as report_main
     from training.train import main as train
 
     run = tmp_path / "sds"
@@ -153,7 +153,7 @@ def test_tiny_recipe_world_to_priors_to_sds_to_evaluation(tmp_path):
                   "prompts.validation=[]"]) == 0
     checkpoint = run / "checkpoints" / "step-0000002"
     report = tmp_path / "report.json"
-    assert evaluate(["--toyworld", "--checkpoint", str(checkpoint), "--clip", str(clip_dir), "--limit", "2",
+    assert report_main(["--checkpoint", str(checkpoint), "--clip", str(clip_dir), "--limit", "2",
                      "--views", "2", "--size", "32", "--output", str(report)]) == 0
     metrics = json.loads(report.read_text())
     assert set(metrics) == {"held_out", "train", "ground_truth/held_out", "ground_truth/train"}
@@ -166,8 +166,8 @@ def test_tiny_recipe_world_to_priors_to_sds_to_evaluation(tmp_path):
 
 
 def test_metrics_of_a_perfect_and_a_shifted_object():
-    from training.toyworld.ground_truth import GroundTruthOutput
-    from training.toyworld.metrics import colour_scores, geometry_iou
+    from toyworld.ground_truth import GroundTruthOutput
+    from toyworld.metrics import colour_scores, geometry_iou
 
     scene = scene_for_prompt("a red cube on top of a blue sphere")
     assert geometry_iou(GroundTruthOutput(scene), scene) == 1.0
@@ -181,9 +181,9 @@ def test_metrics_of_a_perfect_and_a_shifted_object():
 def test_lit_ground_truth_shades_a_cube_by_the_display_light():
     """Seen from azimuth 45, elevation 30, the display light (above the camera) makes the cube's top face the
     brightest and its two side faces equally bright, each Lambert's closed form."""
-    from instant3d.color import linear_to_srgb
-    from instant3d.shading import DISPLAY_AMBIENT, display_light
-    from training.toyworld.ground_truth import GroundTruthOutput
+    from instant3d.render.color import linear_to_srgb
+    from instant3d.render.shading import DISPLAY_AMBIENT, display_light
+    from toyworld.ground_truth import GroundTruthOutput
 
     out = GroundTruthOutput(scene_for_prompt("a large white cube"))
     lit = out.render(45.0, 30.0, size=64, shading="lit").astype(float) / 255
@@ -199,9 +199,9 @@ def test_lit_ground_truth_shades_a_cube_by_the_display_light():
 
 def test_janus_is_a_back_view_that_looks_like_the_front(tmp_path):
     from training.clip_model import CLIPScorer
-    from training.random_priors import save_random_clip
-    from training.toyworld.ground_truth import GroundTruthOutput
-    from training.toyworld.metrics import is_janus
+    from instant3d.testing.random_priors import save_random_clip
+    from toyworld.ground_truth import GroundTruthOutput
+    from toyworld.metrics import is_janus
 
     clip = CLIPScorer.from_folder(save_random_clip(tmp_path / "clip"))
     scene = scene_for_prompt("a white snowman with a carrot nose")

@@ -24,7 +24,7 @@ from training.perpneg import (
     view_blend,
 )
 from training.prompt_sets import animals, load_prompt_set, portraits
-from training.random_priors import save_random_clip, save_random_prior
+from instant3d.testing.random_priors import save_random_clip, save_random_prior
 from training.sampling import alpha_schedule
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -307,7 +307,7 @@ def _check_publishing(ckpt: Path, prior: Path, trained, tmp_path: Path, capsys) 
     from_pretrained() loads with --default, and refuses a text encoder that encodes prompts differently."""
     import shutil
 
-    import instant3d.pipeline as pipeline_module
+    import instant3d.registry as registry_module
     import training.publish as publish_module
     from instant3d import Instant3DPipeline
     from transformers import CLIPTextModel
@@ -332,7 +332,7 @@ def _check_publishing(ckpt: Path, prior: Path, trained, tmp_path: Path, capsys) 
     assert (ckpt / "trainer_state.json").exists() and (shipped_prior / "unet").exists()
     checkpoints = tmp_path / "assets" / "checkpoints"
     with pytest.MonkeyPatch.context() as mp:
-        for module in (pipeline_module, publish_module):
+        for module in (registry_module, publish_module):
             mp.setattr(module, "CHECKPOINTS", checkpoints)
             mp.setattr(module, "DEFAULT_POINTER", checkpoints / "DEFAULT")
         assert publish_module.main([str(ckpt), str(checkpoints / "mine"), "--text-encoder", str(shipped_prior),
@@ -468,7 +468,7 @@ def test_the_generator_can_be_conditioned_on_another_text_encoder_than_the_prior
     """model.text_encoder: the generator reads that folder's tokens (here a 48-wide random CLIP text tower against
     the smoke prior's 32-wide one), and its checkpoint references that folder, not the prior's."""
     from instant3d import Instant3DPipeline
-    from instant3d.random_models import save_random_clip_text
+    from instant3d.testing.random_models import save_random_clip_text
 
     own = save_random_clip_text(tmp_path / "own-text", layout="sd", hidden=48, max_length=20, seed=5)
     out = tmp_path / "run"

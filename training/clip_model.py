@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from transformers.image_utils import OPENAI_CLIP_MEAN as CLIP_MEAN  # CLIP's own image normalisation
 from transformers.image_utils import OPENAI_CLIP_STD as CLIP_STD
 
-from instant3d.text_encoder import TOKENIZER_FILES, quiet_transformers
+from instant3d.models.text_encoder import TOKENIZER_FILES, quiet_transformers
 
 
 class CLIPError(ValueError):

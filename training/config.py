@@ -17,7 +17,7 @@ class ModelSection:
 
 @dataclass
 class ObjectiveSection:
-    mode: str = "sds"  # sds | supervised (photometric loss against ground-truth renders: toy world only)
+    mode: str = "sds"  # sds | supervised (photometric loss against ground-truth renders: prompt sets with exact scenes)
     mask_weight: float = 0.1  # supervised: weight of the coverage (opacity vs ground-truth mask) term
     depth_weight: float = 0.0  # supervised: weight of |rendered depth - true depth| on fully covered pixels
     opacity_entropy: float = 0.0  # SDS only: weight of the binary entropy of each pixel's opacity (haze -> 0 or 1)

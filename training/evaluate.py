@@ -12,12 +12,8 @@ the same triangle, and even the toy world's exact scenes score only 0.79 (docs/t
 - R-precision: how often the true prompt has the highest score.
 Views-PP (iterations x batch / training prompts) is read from the checkpoint.
 
-With ``--toyworld`` it also scores geometry IoU, colour accuracy / error and the Janus rate against the toy
-world's exact ground truth (training/toyworld/metrics.py), on the held-out and the train split, as a table, with
-the exact scenes scored the same way as a ceiling (R-precision is bounded by the evaluation CLIP), and R-precision
-also under the earlier face-on, unlit views (FLAT_VIEWS):
-
-    python -m training.evaluate --toyworld --checkpoint assets/checkpoints/toyworld-sds --clip assets/priors/eval-clip
+The toy world's fuller report (IoU, colour, Janus rate, with the exact scenes as a ceiling) is
+``python -m toyworld.report``.
 """
 
 from __future__ import annotations
@@ -33,9 +29,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import torch  # noqa: E402
 
-from instant3d.checkpoint import read_checkpoint_config  # noqa: E402
+from instant3d.io.checkpoint import read_checkpoint_config  # noqa: E402
 from instant3d.pipeline import Instant3DPipeline  # noqa: E402
-from instant3d.shading import SHADINGS  # noqa: E402
+from instant3d.render.shading import SHADINGS  # noqa: E402
 
 from .clip_model import CLIPScorer  # noqa: E402
 from .prompt_sets import load_prompt_set  # noqa: E402
@@ -74,47 +70,6 @@ def clip_retrieval(pipe: Instant3DPipeline, clip: CLIPScorer, prompts: list[str]
             "views": dict(elevation=elevation, azimuth_offset=azimuth_offset, shading=shading)}
 
 
-@torch.no_grad()
-def object_scores(pipe, prompts: list[str], clip: CLIPScorer | None = None) -> dict:
-    """Mean geometry IoU and colour accuracy / error of ``prompts`` (toy-world prompts) against the exact scenes,
-    and, given a CLIP, the Janus rate of the front-facing ones."""
-    from training.toyworld import scene_for_prompt
-    from training.toyworld.metrics import colour_scores, geometry_iou, is_janus
-
-    ious, accuracy, error, janus = [], [], [], []
-    for prompt in prompts:
-        out, scene = pipe(prompt, seed=0), scene_for_prompt(prompt)
-        ious.append(geometry_iou(out, scene))
-        a, e = colour_scores(out, scene)
-        accuracy.append(a)
-        error.append(e)
-        if clip is not None and scene.front_facing:
-            janus.append(is_janus(out, scene, clip))
-        pipe.cache.clear()
-    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
-    return dict(iou=mean(ious), colour_accuracy=mean(accuracy), colour_error=mean(error),
-                janus_rate=mean([float(j) for j in janus]), janus_objects=len(janus))
-
-
-def toyworld_report(pipe, clip, prompts: list[str], queries: list[str], views: int = 4, size: int = 64) -> dict:
-    """IoU, colour accuracy / error, Janus rate and CLIP retrieval of ``prompts`` (toy-world prompts)."""
-    metrics = clip_retrieval(pipe, clip, prompts, queries, views, size, **VIEWS)
-    flat = clip_retrieval(pipe, clip, prompts, queries, views, size, **FLAT_VIEWS)
-    metrics.update(r_precision_flat=flat["r_precision"], retrieval_probability_flat=flat["retrieval_probability"])
-    metrics.update(object_scores(pipe, prompts, clip))
-    return metrics
-
-
-def print_table(rows: list[tuple[str, dict]]) -> None:
-    print("| checkpoint / split | IoU | colour acc. | colour err. | R-precision | retrieval p | R-precision, flat "
-          "views | Janus rate | prompts |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, m in rows:
-        print(f"| {name} | {m['iou']:.3f} | {m['colour_accuracy']:.3f} | {m['colour_error']:.3f} | "
-              f"{m['r_precision']:.3f} | {m['retrieval_probability']:.3f} | {m['r_precision_flat']:.3f} | "
-              f"{m['janus_rate']:.2f} ({m['janus_objects']}) | {m['prompts']} |")
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
@@ -122,11 +77,11 @@ def main(argv=None) -> int:
     parser.add_argument("--set", default=None, help="prompt set (default: the one the checkpoint trained on)")
     parser.add_argument("--file", default="", help="prompt file for --set file")
     parser.add_argument("--split", choices=["held_out", "train", "all"], default=None,
-                        help="default: held_out (both for --toyworld)")
+                        help="default: held_out")
     parser.add_argument("--views", type=int, default=4)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--elevation", type=float, default=VIEWS["elevation"],
-                        help="degrees (views options apply without --toyworld, which reports both protocols)")
+                        help="degrees")
     parser.add_argument("--azimuth-offset", type=float, default=VIEWS["azimuth_offset"],
                         help="first view's azimuth (degrees; 0 = the front)")
     parser.add_argument("--shading", choices=SHADINGS, default=VIEWS["shading"],
@@ -134,13 +89,7 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="evaluate at most this many prompts (0 = all)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--output", default=None, help="also write the metrics to this JSON file")
-    parser.add_argument("--toyworld", action="store_true", help="toy-world report: IoU, colour, Janus, retrieval")
-    parser.add_argument("--no-ceiling", action="store_true",
-                        help="--toyworld: skip the ground-truth rows (the exact scenes scored the same way)")
     args = parser.parse_args(argv)
-    if args.toyworld:
-        return toyworld_main(args)
-
     _, meta = read_checkpoint_config(args.checkpoint)
     training = meta.get("training", {})
     name = args.set or training.get("prompt_set") or "animals"
@@ -166,31 +115,6 @@ def main(argv=None) -> int:
     print(json.dumps(metrics, indent=2))
     if args.output:
         Path(args.output).write_text(json.dumps(metrics, indent=2))
-    return 0
-
-
-def toyworld_main(args) -> int:
-    from training.toyworld import all_prompts, prompt_split
-    from training.toyworld.ground_truth import GroundTruthPipeline
-
-    train, held_out = prompt_split()
-    splits = {"held_out": held_out, "train": train}
-    chosen = list(splits) if args.split in (None, "all") else [args.split]
-    pipe = Instant3DPipeline.from_pretrained(args.checkpoint, device=args.device)
-    clip = CLIPScorer.from_folder(args.clip, pipe.device)
-    sources = [(Path(args.checkpoint).name, "", pipe)]
-    if not args.no_ceiling:  # the exact scenes through the same protocol: what a perfect generator would score
-        sources.append(("ground truth (ceiling)", "ground_truth/", GroundTruthPipeline(pipe.config.render)))
-    rows, report = [], {}
-    for label, key, source in sources:
-        for split in chosen:
-            prompts = splits[split][: args.limit] if args.limit else splits[split]
-            metrics = toyworld_report(source, clip, prompts, all_prompts(), args.views, min(args.size, 128))
-            rows.append((f"{label} / {split}", metrics))
-            report[key + split] = metrics
-    print_table(rows)
-    if args.output:
-        Path(args.output).write_text(json.dumps(report, indent=2))
     return 0
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from instant3d.text_encoder import TextEncoder, quiet_transformers
+from instant3d.models.text_encoder import TextEncoder, quiet_transformers
 
 from .perpneg import VIEW_SUFFIXES, perp_neg_guidance, view_blend
 

@@ -4,11 +4,16 @@
   prompts (a null slot drops its clause); seeded random 60/40 split, as the paper.
 - ``portraits``: "{figure} wearing a {hat} is {expression}", 10 x 4 x 10 = 400 prompts; 60/40.
 - ``file``: one prompt per line (Daily Life, or any user set); blank lines and lines starting with # skipped.
-- more sets (the toy world's) plug in with ``register_prompt_set``.
+- more sets plug in with ``register_prompt_set``. A set that is not registered yet is looked for as a package of
+  the same name, whose import registers it (``toyworld`` does so): the generic code never imports a set's
+  package by name, so there is no import cycle.
+- a set with exact scenes also registers their renderer (``ground_truth``), which the supervised objective needs.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import random
 from pathlib import Path
 from typing import Callable
@@ -63,11 +68,32 @@ def split(prompts: list[str], train_fraction: float = 0.6, seed: int = 0) -> tup
 
 
 _REGISTRY: dict[str, Callable[..., tuple[list[str], list[str]]]] = {}
+_GROUND_TRUTH: dict[str, Callable] = {}
 
 
-def register_prompt_set(name: str, make: Callable[..., tuple[list[str], list[str]]]) -> None:
-    """Add a set: ``make(**options)`` returns (train prompts, held-out prompts)."""
+def register_prompt_set(name: str, make: Callable[..., tuple[list[str], list[str]]],
+                        ground_truth: Callable | None = None) -> None:
+    """Add a set: ``make(**options)`` returns (train prompts, held-out prompts). ``ground_truth(prompt, cameras,
+    resolution, background, shading, light_dirs, ambient)`` -> (linear RGB, mask, depth), when the set has exact
+    scenes, renders them for the supervised objective."""
     _REGISTRY[name] = make
+    if ground_truth is not None:
+        _GROUND_TRUTH[name] = ground_truth
+
+
+def _find(name: str) -> None:
+    """Import the package named like an unregistered set, if there is one: it registers itself."""
+    if name not in _REGISTRY and name.isidentifier() and importlib.util.find_spec(name) is not None:
+        importlib.import_module(name)
+
+
+def ground_truth_renderer(name: str) -> Callable:
+    """The exact-scene renderer of set ``name``, or a ValueError naming the sets that have one."""
+    _find(name)
+    if name not in _GROUND_TRUTH:
+        raise ValueError(f"prompt set {name!r} has no exact scenes, so it cannot train the supervised objective; "
+                         f"sets with exact scenes: {sorted(_GROUND_TRUTH)} (or set mode = \"sds\")")
+    return _GROUND_TRUTH[name]
 
 
 register_prompt_set("animals", lambda train_fraction=0.6, seed=0, **_: split(animals(), train_fraction, seed))
@@ -77,8 +103,7 @@ register_prompt_set("file", lambda file="", train_fraction=1.0, seed=0, **_: spl
 
 
 def load_prompt_set(name: str, **options) -> tuple[list[str], list[str]]:
-    if name == "toyworld" and name not in _REGISTRY:
-        import training.toyworld  # noqa: F401  (registers itself)
+    _find(name)
     if name not in _REGISTRY:
         raise ValueError(f"unknown prompt set {name!r}; known: {sorted(_REGISTRY)}")
     train, held_out = _REGISTRY[name](**options)

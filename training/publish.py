@@ -24,10 +24,12 @@ from pathlib import Path
 
 import torch
 
-from instant3d.checkpoint import CONFIG_NAME, CheckpointError, load_model, save_checkpoint, text_encoder_folder
-from instant3d.files import atomic_path
-from instant3d.pipeline import CHECKPOINTS, DEFAULT_POINTER, TRAINING_PROMPTS_NAME, check_text_encoder_matches
-from instant3d.text_encoder import TextEncoder, TextEncoderError
+from instant3d.io.checkpoint import CONFIG_NAME, CheckpointError, load_model, save_checkpoint, text_encoder_folder
+from instant3d.io.files import atomic_path
+from instant3d.pipeline import check_text_encoder_matches
+from instant3d.registry import CHECKPOINTS, DEFAULT_POINTER
+from instant3d.vocabulary import TRAINING_PROMPTS_NAME
+from instant3d.models.text_encoder import TextEncoder, TextEncoderError
 
 from .prompt_sets import load_prompt_set
 from .trainer import STATE_JSON

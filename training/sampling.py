@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from instant3d.cameras import Cameras, orbit_cameras
+from instant3d.render.cameras import Cameras, orbit_cameras
 
 
 @dataclass

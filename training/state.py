@@ -10,7 +10,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from instant3d.files import atomic_folder
+from instant3d.io.files import atomic_folder
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer, prefix: str = "optimizer") -> tuple[dict, dict]:

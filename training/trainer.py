@@ -31,21 +31,22 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from instant3d.cameras import Cameras, generate_rays
-from instant3d.checkpoint import CheckpointError, load_model, save_checkpoint
-from instant3d.color import linear_to_srgb, linear_to_srgb_unbounded
+from instant3d.render.cameras import Cameras, generate_rays
+from instant3d.io.checkpoint import CheckpointError, load_model, save_checkpoint
+from instant3d.render.color import linear_to_srgb, linear_to_srgb_unbounded
 from instant3d.config import preset_config
-from instant3d.files import remove_stale_temporaries
-from instant3d.model import Instant3DModel
-from instant3d.pipeline import TRAINING_PROMPTS_NAME, Instant3DOutput, style_noise
-from instant3d.renderer import render_rays
-from instant3d.text_encoder import TextEncoder
+from instant3d.io.files import remove_stale_temporaries
+from instant3d.models.model import Instant3DModel
+from instant3d.pipeline import Instant3DOutput, style_noise
+from instant3d.vocabulary import TRAINING_PROMPTS_NAME
+from instant3d.render.renderer import render_rays
+from instant3d.models.text_encoder import TextEncoder
 
 from .clip_model import CLIPScorer
 from .config import TrainConfig
 from .guidance import DiffusionGuidance
 from .perpneg import SeverityCache, adaptive_scale
-from .prompt_sets import load_prompt_set
+from .prompt_sets import ground_truth_renderer, load_prompt_set
 from .sampling import CameraRanges, alpha_schedule, sample_views
 from .state import load_optimizer_state, optimizer_state
 
@@ -140,6 +141,7 @@ class Trainer:
             cfg.prompts.set, file=cfg.prompts.file, train_fraction=cfg.prompts.train_fraction,
             seed=cfg.prompts.split_seed,
         )
+        self.ground_truth = ground_truth_renderer(cfg.prompts.set) if self.supervised else None
         self.shard = self.train_prompts[self.dist.rank :: self.dist.world] or self.train_prompts
         self.model = self._build_model().to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
@@ -158,7 +160,7 @@ class Trainer:
 
     # -- set-up -------------------------------------------------------------------------------------------------
     def _prepare_smoke_models(self) -> None:
-        from .random_priors import save_random_clip, save_random_prior
+        from instant3d.testing.random_priors import save_random_clip, save_random_prior
 
         root = self.out / "smoke-models"
         if self.dist.main and not (root / "ready").exists():
@@ -316,17 +318,14 @@ class Trainer:
         """The upper bound: the same renders compared with sphere-traced ground truth of the same views: colour,
         coverage and (``objective.depth_weight``) depth, which asks for a crisp surface instead of a thick fog that
         looks the same."""
-        from training.toyworld.render import render_scene
-        from training.toyworld.scenes import scene_for_prompt
-
         o, res = self.cfg.objective, self.cfg.render.resolution
         targets, masks, depths = [], [], []
         for i, prompt in enumerate(prompts):
             cams = Cameras(views.cameras.rotation[i : i + 1].cpu(), views.cameras.position[i : i + 1].cpu(),
                            views.cameras.fov_deg[i : i + 1].cpu())
-            img, mask, true_depth = render_scene(
-                scene_for_prompt(prompt), cams, res, views.background[i : i + 1].cpu(), views.shading,
-                views.light_dirs[i : i + 1].cpu(), self.cfg.render.ambient, return_depth=True)
+            img, mask, true_depth = self.ground_truth(
+                prompt, cams, res, views.background[i : i + 1].cpu(), views.shading,
+                views.light_dirs[i : i + 1].cpu(), self.cfg.render.ambient)
             targets.append(img)
             masks.append(mask)
             depths.append(true_depth)

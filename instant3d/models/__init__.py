@@ -1,0 +1,1 @@
+"""The networks: text encoder, triplane generator, field MLP, and the model that joins them."""

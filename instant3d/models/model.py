@@ -1,0 +1,27 @@
+"""The trainable model: the triplane generator plus the field MLP that reads its triplanes."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from instant3d.config import Instant3DConfig
+from instant3d.models.field import TriplaneField
+from instant3d.models.generator import TriplaneGenerator
+
+
+class Instant3DModel(nn.Module):
+    """Everything a checkpoint's model.safetensors holds; the text encoder is stored beside it."""
+
+    def __init__(self, config: Instant3DConfig):
+        super().__init__()
+        self.config = config
+        self.generator = TriplaneGenerator(config.text, config.generator)
+        self.field = TriplaneField(config.field, config.generator.triplane_channels)
+
+    def forward(self, tokens: torch.Tensor, pooled: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Triplanes (B, 3, C, R, R) for token embeddings (B, L, D), pooled (B, D) and style noise (B, z_dim)."""
+        return self.generator(tokens, pooled, z)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

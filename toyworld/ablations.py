@@ -1,0 +1,148 @@
+"""The paper's two ablations, in miniature, with the toy-world SDS recipe.
+
+    python -m toyworld.ablations sigmoid --out runs/ablation-sigmoid [--steps 600 --every 100 --iou 0.3]
+    python -m toyworld.ablations perpneg --out runs/ablation-perpneg [--steps 600]
+
+- ``sigmoid``: the same SDS run on a spread of training prompts with the scaled sigmoid (alpha annealed from
+  ``optim.alpha_start`` to 1 over the first half of the run) and with the plain sigmoid (alpha 1 throughout).
+  Every ``--every`` steps the geometry IoU of the raw weights is scored on those prompts; the table gives the IoU
+  curves and the first scored step at which each variant reaches ``--iou``.
+- ``perpneg``: the same SDS run on the front-facing training prompts (snowman, duck, house) with no, fixed and
+  adaptive Perp-Neg; the final weights' Janus rate under the evaluation CLIP (training never sees it) and IoU.
+
+Variants differ only in the ablated setting: same seed, prompts, cameras and steps. Each variant is an ordinary
+training run under ``--out``/<variant> (re-running resumes it, then re-scores). Extra ``section.key=value``
+arguments override the recipe for every variant (e.g. a smaller preset for a quick look, or
+``model.init_checkpoint=...`` to ablate a fine-tuning of a trained checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+RECIPE = "training/configs/toyworld_sds.toml"
+SIGMOID_VARIANTS = {"scaled sigmoid": [], "plain sigmoid": ["optim.alpha_start=1.0"]}
+PERPNEG_VARIANTS = {name: [f'prior.perp_neg="{name}"'] for name in ("none", "fixed", "adaptive")}
+
+log = logging.getLogger("instant3d.ablations")
+
+
+def steps_to_reach(curve: list[tuple[int, float]], threshold: float) -> int | None:
+    """The first scored step whose IoU is at least ``threshold`` (None if none is)."""
+    return next((step for step, iou in sorted(curve) if iou >= threshold), None)
+
+
+def ablation_prompts(kind: str, count: int) -> list[str]:
+    """Training-split prompts: a spread over all kinds (sigmoid), or the front-facing ones (perpneg)."""
+    from toyworld import prompt_split, scene_for_prompt
+    from toyworld.scenes import spread_subset
+
+    train, _ = prompt_split()
+    if kind == "perpneg":
+        train = [p for p in train if scene_for_prompt(p).front_facing]
+    return spread_subset(train, count)
+
+
+def train_variant(folder: Path, prompt_file: Path, steps: int, every: int, overrides: list[str]) -> Path:
+    """One ablation run (resumes if ``folder`` holds checkpoints); returns its checkpoints folder."""
+    from training.config import load_config
+    from training.trainer import Trainer
+
+    cfg = load_config(RECIPE, [
+        'prompts.set="file"', f'prompts.file="{prompt_file}"', "prompts.train_fraction=1.0", "prompts.validation=[]",
+        f'run.output_dir="{folder}"', f"optim.steps={steps}", f"run.checkpoint_every={every}",
+        "run.keep_checkpoints=1000", f"run.validate_every={10 * steps}",
+        "optim.ema_decay=0.0",  # checkpoints hold the weights of that step, not an average that lags behind
+        *overrides,
+    ])
+    trainer = Trainer(cfg)
+    if trainer.step < steps:
+        trainer.train()
+    return trainer.ckpt_dir
+
+
+def score_checkpoint(checkpoint: Path, prompts: list[str], clip=None) -> dict:
+    """IoU and colour of ``prompts`` with a checkpoint's weights (and their Janus rate when ``clip`` is given)."""
+    from instant3d.pipeline import Instant3DPipeline
+    from .report import object_scores
+
+    return object_scores(Instant3DPipeline.from_pretrained(checkpoint), prompts, clip)
+
+
+def run_sigmoid(args, prompt_file: Path, prompts: list[str]) -> dict:
+    curves = {}
+    for name, overrides in SIGMOID_VARIANTS.items():
+        anneal = [f"optim.alpha_end={max(1, args.steps // 2)}"]  # alpha reaches 1 halfway through the run
+        ckpts = train_variant(args.out / name.replace(" ", "-"), prompt_file, args.steps, args.every,
+                              anneal + overrides + args.overrides)
+        curve = []
+        for folder in sorted(ckpts.glob("step-*")):
+            curve.append((int(folder.name.split("-")[1]), score_checkpoint(folder, prompts)["iou"]))
+            log.info("%s %s: IoU %.3f", name, folder.name, curve[-1][1])
+        curves[name] = curve
+    steps = sorted({s for curve in curves.values() for s, _ in curve})
+    print(f"IoU on {len(prompts)} training prompts (raw weights, seed 0)\n")
+    print("| step | " + " | ".join(curves) + " |")
+    print("| --- |" + " --- |" * len(curves))
+    for s in steps:
+        print(f"| {s} | " + " | ".join(f"{dict(c).get(s, float('nan')):.3f}" for c in curves.values()) + " |")
+    reach = {name: steps_to_reach(c, args.iou) for name, c in curves.items()}
+    print("\n" + "; ".join(f"{name}: IoU {args.iou} at step {r if r is not None else f'> {args.steps}'}"
+                           for name, r in reach.items()))
+    return {"threshold": args.iou, "curves": curves, "steps_to_threshold": reach}
+
+
+def run_perpneg(args, prompt_file: Path, prompts: list[str]) -> dict:
+    from training.clip_model import CLIPScorer
+
+    clip = CLIPScorer.from_folder(args.clip)
+    results = {}
+    for name, overrides in PERPNEG_VARIANTS.items():
+        ckpts = train_variant(args.out / name, prompt_file, args.steps, args.steps, overrides + args.overrides)
+        final = sorted(ckpts.glob("step-*"))[-1]
+        results[name] = score_checkpoint(final, prompts, clip)
+        log.info("perp-neg %s: %s", name, results[name])
+    print(f"Janus rate on {len(prompts)} front-facing training prompts after {args.steps} steps "
+          f"(evaluation CLIP: {args.clip})\n")
+    print("| Perp-Neg | Janus rate | IoU |")
+    print("| --- | --- | --- |")
+    for name, m in results.items():
+        print(f"| {name} | {m['janus_rate']:.2f} ({m['janus_objects']}) | {m['iou']:.3f} |")
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("ablation", choices=("sigmoid", "perpneg"))
+    parser.add_argument("--out", type=Path, required=True, help="folder for the variants' runs and results.json")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--every", type=int, default=100, help="sigmoid: score IoU every this many steps")
+    parser.add_argument("--iou", type=float, default=0.3, help="sigmoid: the IoU whose first step is reported")
+    parser.add_argument("--prompts", type=int, default=24, help="how many training prompts the runs use")
+    parser.add_argument("--clip", default="assets/priors/eval-clip", help="perpneg: the evaluation CLIP folder")
+    parser.add_argument("overrides", nargs="*", help="section.key=value for every variant, e.g. optim.lr=3e-4")
+    args = parser.parse_intermixed_args(argv)
+    if args.steps < 1 or args.every < 1:
+        parser.error("--steps and --every must be positive")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    prompts = ablation_prompts(args.ablation, args.prompts)
+    prompt_file = args.out / "prompts.txt"
+    prompt_file.write_text("\n".join(prompts) + "\n")
+    run = run_sigmoid if args.ablation == "sigmoid" else run_perpneg
+    results = {"ablation": args.ablation, "steps": args.steps, "prompts": prompts, "overrides": args.overrides,
+               **run(args, prompt_file, prompts)}
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The toy world's quality report: geometry IoU, colour accuracy / error and the Janus rate against the exact
+scenes, and CLIP retrieval under the evaluation CLIP, on the held-out and the train split, as a table. The exact
+scenes go through the same protocol as a ceiling (R-precision is bounded by the evaluation CLIP). R-precision is
+also given under the earlier face-on, unlit views (FLAT_VIEWS).
+
+    python -m toyworld.report --checkpoint assets/checkpoints/toyworld-sds --clip assets/priors/eval-clip
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from instant3d.pipeline import Instant3DPipeline
+from training.clip_model import CLIPScorer
+from training.evaluate import FLAT_VIEWS, VIEWS, clip_retrieval
+
+from .ground_truth import GroundTruthPipeline
+from .metrics import colour_scores, geometry_iou, is_janus
+from .scenes import all_prompts, prompt_split, scene_for_prompt
+
+
+@torch.no_grad()
+def object_scores(pipe, prompts: list[str], clip: CLIPScorer | None = None) -> dict:
+    """Mean geometry IoU and colour accuracy / error of ``prompts`` (toy-world prompts) against the exact scenes,
+    and, given a CLIP, the Janus rate of the front-facing ones."""
+    ious, accuracy, error, janus = [], [], [], []
+    for prompt in prompts:
+        out, scene = pipe(prompt, seed=0), scene_for_prompt(prompt)
+        ious.append(geometry_iou(out, scene))
+        a, e = colour_scores(out, scene)
+        accuracy.append(a)
+        error.append(e)
+        if clip is not None and scene.front_facing:
+            janus.append(is_janus(out, scene, clip))
+        pipe.cache.clear()
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    return dict(iou=mean(ious), colour_accuracy=mean(accuracy), colour_error=mean(error),
+                janus_rate=mean([float(j) for j in janus]), janus_objects=len(janus))
+
+
+def toyworld_report(pipe, clip, prompts: list[str], queries: list[str], views: int = 4, size: int = 64) -> dict:
+    """IoU, colour accuracy / error, Janus rate and CLIP retrieval of ``prompts`` (toy-world prompts)."""
+    metrics = clip_retrieval(pipe, clip, prompts, queries, views, size, **VIEWS)
+    flat = clip_retrieval(pipe, clip, prompts, queries, views, size, **FLAT_VIEWS)
+    metrics.update(r_precision_flat=flat["r_precision"], retrieval_probability_flat=flat["retrieval_probability"])
+    metrics.update(object_scores(pipe, prompts, clip))
+    return metrics
+
+
+def print_table(rows: list[tuple[str, dict]]) -> None:
+    print("| checkpoint / split | IoU | colour acc. | colour err. | R-precision | retrieval p | R-precision, flat "
+          "views | Janus rate | prompts |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, m in rows:
+        print(f"| {name} | {m['iou']:.3f} | {m['colour_accuracy']:.3f} | {m['colour_error']:.3f} | "
+              f"{m['r_precision']:.3f} | {m['retrieval_probability']:.3f} | {m['r_precision_flat']:.3f} | "
+              f"{m['janus_rate']:.2f} ({m['janus_objects']}) | {m['prompts']} |")
+
+
+
+def report(args) -> int:
+    train, held_out = prompt_split()
+    splits = {"held_out": held_out, "train": train}
+    chosen = list(splits) if args.split == "all" else [args.split]
+    pipe = Instant3DPipeline.from_pretrained(args.checkpoint, device=args.device)
+    clip = CLIPScorer.from_folder(args.clip, pipe.device)
+    sources = [(Path(args.checkpoint).name, "", pipe)]
+    if not args.no_ceiling:  # the exact scenes through the same protocol: what a perfect generator would score
+        sources.append(("ground truth (ceiling)", "ground_truth/", GroundTruthPipeline(pipe.config.render)))
+    rows, results = [], {}
+    for label, key, source in sources:
+        for split in chosen:
+            prompts = splits[split][: args.limit] if args.limit else splits[split]
+            metrics = toyworld_report(source, clip, prompts, all_prompts(), args.views, min(args.size, 128))
+            rows.append((f"{label} / {split}", metrics))
+            results[key + split] = metrics
+    print_table(rows)
+    if args.output:
+        Path(args.output).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--clip", required=True, help="evaluation CLIPModel folder")
+    parser.add_argument("--split", choices=["held_out", "train", "all"], default="all")
+    parser.add_argument("--views", type=int, default=4)
+    parser.add_argument("--size", type=int, default=64, help="render size for CLIP (at most 128)")
+    parser.add_argument("--limit", type=int, default=0, help="evaluate at most this many prompts a split (0 = all)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--output", default=None, help="also write the metrics to this JSON file")
+    parser.add_argument("--no-ceiling", action="store_true",
+                        help="skip the ground-truth rows (the exact scenes scored the same way)")
+    return report(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -136,39 +136,47 @@ class Instant3DConfig:
             raise ConfigError(f"unknown configuration keys: {sorted(unknown)}")
         kwargs: dict[str, Any] = {"preset": str(data.get("preset", "custom"))}
         for name, section_cls in sections.items():
-            kwargs[name] = _section_from_dict(section_cls, data.get(name, {}), name)
+            kwargs[name] = section_from_dict(section_cls, data.get(name, {}), name)
         return cls(**kwargs)
 
 
-def _section_from_dict(section_cls, data: Any, name: str):
+def section_from_dict(section_cls, data: Any, name: str, base=None):
+    """A ``section_cls`` dataclass from ``data`` over ``base`` (default: the class defaults), each value checked
+    against the type of its default. The one typed loader of the project: model configs (JSON) and training
+    configs (TOML and overrides) both go through it, so a key or a type is refused the same way everywhere."""
     if not isinstance(data, dict):
         raise ConfigError(f"configuration section {name!r} must be an object")
     fields = {f.name: f for f in dataclasses.fields(section_cls)}
     unknown = set(data) - set(fields)
     if unknown:
         raise ConfigError(f"unknown keys in configuration section {name!r}: {sorted(unknown)}")
-    defaults = section_cls()
+    defaults = base if base is not None else section_cls()
     values = {}
     for key, value in data.items():
-        default = getattr(defaults, key)
-        if isinstance(default, tuple):
-            if not isinstance(value, (list, tuple)):
-                raise ConfigError(f"{name}.{key} must be a list, got {value!r}")
-            value = tuple(value)
-        elif isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise ConfigError(f"{name}.{key} must be true or false, got {value!r}")
-        elif isinstance(default, int):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{name}.{key} must be an integer, got {value!r}")
-        elif isinstance(default, float):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{name}.{key} must be a number, got {value!r}")
-            value = float(value)
-        elif isinstance(default, str) and not isinstance(value, str):
-            raise ConfigError(f"{name}.{key} must be a string, got {value!r}")
-        values[key] = value
-    return section_cls(**values)
+        values[key] = _typed_value(getattr(defaults, key), value, f"{name}.{key}")
+    return dataclasses.replace(defaults, **values)
+
+
+def _typed_value(default: Any, value: Any, where: str) -> Any:
+    if isinstance(default, (tuple, list)):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        if default and all(isinstance(d, float) for d in default):
+            value = [_typed_value(0.0, v, where) for v in value]
+        return type(default)(value)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        value = float(value)
+    elif isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"{where} must be a string, got {value!r}")
+    return value
 
 
 # -- presets -----------------------------------------------------------------------------------------

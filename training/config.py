@@ -7,6 +7,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from instant3d.config import ConfigError, section_from_dict
+
 
 @dataclass
 class ModelSection:
@@ -121,18 +123,13 @@ class TrainConfig:
 
 def _apply(cfg: TrainConfig, data: dict, where: str) -> None:
     for section, values in data.items():
-        if not hasattr(cfg, section) or not isinstance(values, dict):
-            raise ValueError(f"{where}: unknown section [{section}]")
-        target = getattr(cfg, section)
-        for key, value in values.items():
-            if not hasattr(target, key):
-                raise ValueError(f"{where}: unknown key {section}.{key}")
-            default = getattr(target, key)
-            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if type(default) is not type(value):
-                raise ValueError(f"{where}: {section}.{key} must be a {type(default).__name__}, got {value!r}")
-            setattr(target, key, value)
+        if not any(f.name == section for f in dataclasses.fields(cfg)) or not isinstance(values, dict):
+            raise ConfigError(f"{where}: unknown section [{section}]")
+        try:
+            setattr(cfg, section, section_from_dict(type(getattr(cfg, section)), values, section,
+                                                    base=getattr(cfg, section)))
+        except ConfigError as error:
+            raise ConfigError(f"{where}: {error}") from None
 
 
 def load_config(path=None, overrides: list[str] | None = None) -> TrainConfig:

@@ -1,9 +1,12 @@
 """The instant3d web app: type a prompt, watch and scrub the orbit, turn the object, download the GLB.
 
     python app.py [--checkpoint PATH] [--host 127.0.0.1] [--port 7860] [--share] [--device cpu|cuda]
+                  [--output-dir DIR] [--auth USER:PASSWORD | --auth-file FILE] [--queue-size 64]
 
 Widgets and event wiring only: the work lives in ``instant3d_app.service``. Binds 127.0.0.1 and makes no share
-link unless asked; analytics and hub telemetry are off before Gradio is imported.
+link unless asked (and warns when exposed without a password); analytics and hub telemetry are off before Gradio
+is imported. Gradio serves the files it is handed from its cache folder: the app makes that folder its own output
+folder, so files are served where they were written (never copied) and the service's clean-up bounds them all.
 """
 
 from __future__ import annotations
@@ -15,6 +18,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import functools  # noqa: E402
+import ipaddress  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -26,6 +34,7 @@ from instant3d.registry import ASSETS, bundled_checkpoints  # noqa: E402
 from instant3d_app.service import Instant3DService, UserError, format_timings, random_seed  # noqa: E402
 from instant3d.render.shading import SHADINGS  # noqa: E402
 
+log = logging.getLogger("instant3d.app")
 EXAMPLES_FILE = ASSETS / "examples.txt"
 DEFAULT_EXPORT = {
     "resolution": ExportOptions.resolution,
@@ -41,24 +50,91 @@ def load_examples() -> list[list[str]]:
     return [[line.strip()] for line in EXAMPLES_FILE.read_text().splitlines() if line.strip()]
 
 
+@contextlib.contextmanager
+def gradio_cache_in(folder: Path):
+    """Components created inside take ``folder`` as their Gradio cache (GRADIO_TEMP_DIR, read when a component
+    is made): files already under it are served in place instead of being copied into an unbounded cache."""
+    previous = os.environ.get("GRADIO_TEMP_DIR")
+    os.environ["GRADIO_TEMP_DIR"] = str(Path(folder).resolve())
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = previous
+
+
+def friendly_errors(action: str):
+    """UserError as is; anything unexpected as a message saying what failed and what to try, with the traceback
+    in the server log only (never in the page)."""
+
+    def wrap(handler):
+        def report(exc):
+            if isinstance(exc, UserError):
+                return gr.Error(str(exc))
+            log.exception("%s failed", action)
+            return gr.Error(f"Sorry, {action} failed on the server ({type(exc).__name__}). Try again; if it "
+                            "fails again, try another prompt or seed. The details are in the server's log.")
+
+        if getattr(handler, "__code__", None) and handler.__code__.co_flags & 0x20:  # a generator function
+            @functools.wraps(handler)
+            def generator(*args, **kwargs):
+                try:
+                    yield from handler(*args, **kwargs)
+                except gr.Error:
+                    raise
+                except Exception as exc:  # noqa: BLE001  (the user gets a message, the log the traceback)
+                    raise report(exc) from None
+            return generator
+
+        @functools.wraps(handler)
+        def function(*args, **kwargs):
+            try:
+                return handler(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                raise report(exc) from None
+        return function
+
+    return wrap
+
+
 def build_app(service: Instant3DService, model_concurrency: int = 1, export_defaults: dict | None = None) -> gr.Blocks:
     """The Blocks UI around one service. ``model_concurrency`` caps generate/export jobs running at once;
     ``export_defaults`` overrides the export settings the page starts with."""
     defaults = {**DEFAULT_EXPORT, **(export_defaults or {})}
 
+    @friendly_errors("generating the object")
     def generate(prompt, seed, settings, model, shading, progress=gr.Progress()):
+        """Progressive: the front view as soon as the triplane exists, then the orbit, then the 3D view and files
+        (each yield fills what is ready; gr.skip() leaves the rest as the last yield set it)."""
+        shown = 0
         try:
-            result = service.generate(prompt, seed, settings, progress=progress, model=model, shading=shading)
+            for result in service.generate_progressively(prompt, seed, settings, progress=progress, model=model,
+                                                         shading=shading):
+                for note in result.notes[shown:]:
+                    gr.Warning(note)
+                shown = len(result.notes)
+                current = {"prompt": result.prompt, "seed": result.seed, "model": result.model}
+                pending = {"view": ["orbit video", "3D view and downloads"], "video": ["3D view and downloads"],
+                           "done": []}[result.stage]
+                timings = format_timings(result.timings, result.notes + result.info
+                                         + [f"{p}: on its way" for p in pending])
+                if result.stage == "view":  # a new object: clear the previous one's video and files
+                    yield None, None, None, None, timings, result.preview, current, 0, service.elevation
+                elif result.stage == "video":
+                    yield str(result.video), gr.skip(), gr.skip(), gr.skip(), timings, *[gr.skip()] * 4
+                else:
+                    glb = str(result.glb) if result.glb else None
+                    obj_zip = str(result.obj_zip) if result.obj_zip else None
+                    yield (str(result.video), glb, glb, obj_zip, timings, result.preview, current, 0,
+                           service.elevation)
         except UserError as exc:
             raise gr.Error(str(exc)) from None
-        for note in result.notes:
-            gr.Warning(note)
-        current = {"prompt": result.prompt, "seed": result.seed, "model": result.model}
-        timings = format_timings(result.timings, result.notes + result.info)
-        glb = str(result.glb) if result.glb else None
-        obj_zip = str(result.obj_zip) if result.obj_zip else None
-        return str(result.video), glb, glb, obj_zip, timings, result.preview, current, 0, service.elevation
 
+    @friendly_errors("rendering the view")
     def render_view(azimuth, elevation, current, shading):
         try:
             return service.render_view(current.get("prompt", ""), current.get("seed", 0), azimuth, elevation,
@@ -66,6 +142,7 @@ def build_app(service: Instant3DService, model_concurrency: int = 1, export_defa
         except UserError as exc:
             raise gr.Error(str(exc)) from None
 
+    @friendly_errors("re-lighting the object")
     def relight(shading, azimuth, elevation, current):
         """The lighting changed: the same object's orbit and view, lit the new way (nothing before a first object)."""
         if not current.get("prompt"):
@@ -78,6 +155,7 @@ def build_app(service: Instant3DService, model_concurrency: int = 1, export_defa
             raise gr.Error(str(exc)) from None
         return str(video), view
 
+    @friendly_errors("exporting the mesh")
     def reexport(current, settings, progress=gr.Progress()):
         progress(0.1, desc="mesh export")
         try:
@@ -91,7 +169,7 @@ def build_app(service: Instant3DService, model_concurrency: int = 1, export_defa
         return {"resolution": resolution, "threshold": "auto" if not threshold else threshold,
                 "target_faces": target_faces, "texture_size": int(texture_size)}
 
-    with gr.Blocks(title="instant3d") as app:
+    with gradio_cache_in(service.output_root), gr.Blocks(title="instant3d") as app:
         current = gr.State({"prompt": "", "seed": 0})
         settings = gr.State(dict(defaults))
         chosen_model = gr.State(service.default_model)
@@ -170,7 +248,58 @@ def parse_args(argv=None):
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--output-dir", type=Path, default=None, help="where generated files go (default: a temp dir)")
     parser.add_argument("--concurrency", type=int, default=1, help="model jobs at once (default 1 on 2 CPU cores)")
-    return parser.parse_args(argv)
+    parser.add_argument("--queue-size", type=int, default=64,
+                        help="requests waiting at most; beyond it a user is told the app is busy (default 64)")
+    login = parser.add_mutually_exclusive_group()
+    login.add_argument("--auth", default=None, metavar="USER:PASSWORD", help="ask for this user name and password")
+    login.add_argument("--auth-file", type=Path, default=None,
+                       help="a file of USER:PASSWORD lines (keeps the password out of the shell history)")
+    args = parser.parse_args(argv)
+    try:
+        args.credentials = read_credentials(args.auth, args.auth_file)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.queue_size < 1 or args.concurrency < 1:
+        parser.error("--queue-size and --concurrency must be at least 1")
+    return args
+
+
+def read_credentials(auth: str | None, auth_file: Path | None) -> list[tuple[str, str]]:
+    """[(user, password)] from --auth or --auth-file; a clear error for a malformed one."""
+    if auth_file is not None:
+        if not auth_file.is_file():
+            raise ValueError(f"--auth-file {auth_file} does not exist")
+        lines = [line.strip() for line in auth_file.read_text(encoding="utf-8").splitlines()]
+        entries = [line for line in lines if line and not line.startswith("#")]
+        if not entries:
+            raise ValueError(f"--auth-file {auth_file} holds no USER:PASSWORD line")
+    else:
+        entries = [auth] if auth is not None else []
+    credentials = []
+    for entry in entries:
+        user, sep, password = entry.partition(":")
+        if not sep or not user or not password:
+            raise ValueError("credentials must look like USER:PASSWORD, both non-empty")
+        credentials.append((user, password))
+    return credentials
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warning(host: str, share: bool, has_auth: bool) -> str | None:
+    """What to print when the app is reachable from other machines without a password."""
+    if has_auth or (is_loopback(host) and not share):
+        return None
+    where = "a public gradio.live link" if share else f"{host} (other machines can reach it)"
+    return (f"WARNING: the app is served on {where} with no password: anyone who reaches it can use this machine. "
+            "Add --auth USER:PASSWORD or --auth-file FILE, or bind 127.0.0.1.")
 
 
 def make_service(args) -> Instant3DService:
@@ -188,10 +317,16 @@ def make_service(args) -> Instant3DService:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    warning = exposure_warning(args.host, args.share, bool(args.credentials))
+    if warning:
+        print(warning, file=sys.stderr)
     service = make_service(args)
     service.warm_up()
     app = build_app(service, model_concurrency=args.concurrency)
-    app.queue(max_size=64).launch(server_name=args.host, server_port=args.port, share=args.share)
+    app.queue(max_size=args.queue_size).launch(
+        server_name=args.host, server_port=args.port, share=args.share, auth=args.credentials or None,
+        allowed_paths=[str(service.output_root.resolve())])
 
 
 if __name__ == "__main__":

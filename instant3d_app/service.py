@@ -2,12 +2,15 @@
 
 ``app.py`` only wires Gradio components to these methods and turns ``UserError`` into ``gr.Error``.
 Every file the app serves is written here, into a private folder per request under ``output_root``; old
-request folders are deleted so that disk use stays bounded.
+request folders are deleted so that disk use stays bounded. The app makes ``output_root`` Gradio's cache too, so
+Gradio serves those files in place; the images it writes there itself (one folder named by a SHA-256 digest per
+distinct image) are pruned to the newest ``4 * keep_requests``. Nothing else in the folder is ever touched.
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 from collections import OrderedDict
 import random
 import shutil
@@ -26,6 +29,7 @@ from instant3d.render.shading import SHADINGS
 from instant3d.models.text_encoder import PromptError, clean_prompt
 from instant3d.export.video import write_mp4
 
+GRADIO_CACHE_ENTRY = re.compile(r"[0-9a-f]{64}")  # how Gradio names a cached file's folder (its sha256)
 MAX_PROMPT_CHARS = 500  # longer prompts are cut (visibly) before they reach the tokenizer
 
 
@@ -37,14 +41,15 @@ class UserError(ValueError):
 class GenerationResult:
     prompt: str
     seed: int
-    video: Path
-    glb: Path | None  # None when the export failed (the note says why and what to change)
+    video: Path | None  # None until the orbit is written (progressive results)
+    glb: Path | None  # None until exported, or when the export failed (the note says why and what to change)
     obj_zip: Path | None
     preview: np.ndarray  # the front view, for the view panel
     timings: dict[str, float]  # seconds per stage
     notes: list[str] = field(default_factory=list)  # warnings for the user (truncation, clamped seed, ...)
     info: list[str] = field(default_factory=list)  # facts worth showing quietly (mesh size, chosen threshold)
     model: str = "default"  # which model made it
+    stage: str = "done"  # progressive results: "view" (the first view only), "video" (and the orbit), "done"
 
 
 def check_prompt(prompt) -> tuple[str, list[str]]:
@@ -111,6 +116,7 @@ class Instant3DService:
         self.video_frames, self.video_size, self.elevation = video_frames, video_size, elevation
         self.keep_requests = keep_requests
         self._counter = itertools.count()
+        self._views = itertools.count(1)
         self._lock = threading.Lock()
         self._requests: list[Path] = []
         self._results: OrderedDict[tuple, GenerationResult] = OrderedDict()
@@ -144,7 +150,18 @@ class Instant3DService:
             stale, self._requests = self._requests[: -self.keep_requests], self._requests[-self.keep_requests :]
         for old in stale:
             shutil.rmtree(old, ignore_errors=True)
+        self.prune_gradio_cache()
         return folder
+
+    def prune_gradio_cache(self) -> None:
+        """Keep the newest ``4 * keep_requests`` of Gradio's own cache folders (the views it saved as PNG)."""
+        try:
+            entries = [p for p in self.output_root.iterdir() if GRADIO_CACHE_ENTRY.fullmatch(p.name) and p.is_dir()]
+            entries.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        except OSError:
+            return  # a folder deleted by a concurrent prune
+        for old in entries[4 * self.keep_requests :]:
+            shutil.rmtree(old, ignore_errors=True)
 
     def warm_up(self) -> None:
         """Pay the libraries' one-time start-up costs (xatlas, ffmpeg, the first bake) before the first user."""
@@ -167,6 +184,16 @@ class Instant3DService:
                  model: str | None = None, shading: str | None = None) -> GenerationResult:
         """Prompt -> triplane -> orbit video + GLB + OBJ zip + a front view (``shading``: the display lighting of
         the video and view, "lit" or "albedo"; the mesh files always carry the plain albedo)."""
+        result = None
+        for result in self.generate_progressively(prompt, seed, export_options, progress, model, shading):
+            pass
+        return result
+
+    def generate_progressively(self, prompt, seed, export_options: dict | None = None, progress=None,
+                               model: str | None = None, shading: str | None = None):
+        """``generate``, yielding as each piece exists, so the user sees the object at once: first the front view
+        (stage "view", as soon as the triplane exists), then the orbit video ("video"), then the mesh files
+        ("done"). Input errors raise before anything is yielded; a cached result is yielded once, whole."""
         report = progress or (lambda *a, **k: None)
         text, notes = check_prompt(prompt)
         seed, seed_notes = check_seed(seed)
@@ -179,18 +206,27 @@ class Instant3DService:
         cached = self._cached_result(key)
         if cached is not None:
             report(1.0, desc="done (cached)")
-            return cached
+            yield cached
+            return
         report(0.05, desc="text -> triplane")
         start = time.perf_counter()
         out = pipeline(text, seed=seed)
         timings = {"triplane": time.perf_counter() - start}
         notes += out.notes
+        start = time.perf_counter()
+        preview = out.render(0.0, self.elevation, size=self.video_size, shading=shading)  # the orbit's first frame
+        timings["first view"] = time.perf_counter() - start
+        result = GenerationResult(text, seed, None, None, None, preview, dict(timings), list(notes), [], model,
+                                  stage="view")
+        yield result
         folder = self._request_folder()
         report(0.2, desc="orbit video")
         start = time.perf_counter()
-        frames, video = self._write_orbit(out, folder, shading)
+        _, video = self._write_orbit(out, folder, shading)
         timings["video"] = time.perf_counter() - start
-        preview = frames[0]  # the orbit starts at the front: the view panel's first image
+        result = GenerationResult(text, seed, video, None, None, preview, dict(timings), list(notes), [], model,
+                                  stage="video")
+        yield result
         report(0.55, desc="mesh export")
         try:
             glb, obj_zip, export_timings, info = self._export(out, folder, options)
@@ -205,7 +241,7 @@ class Instant3DService:
             self._results[key] = result
             while len(self._results) > max(1, self.keep_requests // 2):
                 self._results.popitem(last=False)
-        return result
+        yield result
 
     def _cached_result(self, key) -> GenerationResult | None:
         """A finished result for the same prompt, seed and export settings, if its files are still on disk."""
@@ -226,6 +262,8 @@ class Instant3DService:
         if not prompt:
             raise UserError("Generate an object first, then turn it with the sliders.")
         azimuth, elevation = float(azimuth), float(np.clip(float(elevation), -89.0, 89.0))
+        if next(self._views) % 16 == 0:  # views add Gradio cache entries too, without any request folder
+            self.prune_gradio_cache()
         return self.output_for(prompt, int(seed), model).render(azimuth, elevation, size=self.video_size,
                                                                 shading=check_lighting(shading))
 

@@ -11,7 +11,7 @@ import pytest
 from imageio_ffmpeg import get_ffmpeg_exe
 
 from instant3d import Instant3DPipeline
-from instant3d_app.service import Instant3DService, UserError, check_prompt, check_seed
+from instant3d_app.service import GRADIO_CACHE_ENTRY, Instant3DService, UserError, check_prompt, check_seed
 from tests.test_export import validate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,10 +141,30 @@ def test_bad_export_settings_are_a_user_error(service):
         service.generate("a cube", 0, {**FAST_EXPORT, "texture_size": 99999})
 
 
+def _request_folders(service) -> list[Path]:
+    return [p for p in service.output_root.iterdir() if not GRADIO_CACHE_ENTRY.fullmatch(p.name)]
+
+
 def test_request_folders_are_bounded(service):
     for _ in range(service.keep_requests + 5):
         service._request_folder()
-    assert len(list(service.output_root.iterdir())) <= service.keep_requests
+    assert len(_request_folders(service)) <= service.keep_requests
+
+
+def test_pruning_keeps_the_users_own_files(tiny_checkpoint, tmp_path):
+    """--output-dir may be a folder that holds other things: only the app's request folders and Gradio's cache
+    entries are ever deleted."""
+    mine = [tmp_path / "notes.txt", tmp_path / "project" / "scene.blend", tmp_path / ("a" * 63)]
+    for path in mine:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("keep me")
+    pipe = Instant3DPipeline.from_pretrained(tiny_checkpoint, device="cpu")
+    service = Instant3DService(pipe, tmp_path, video_frames=FRAMES, video_size=64, keep_requests=2)
+    for i in range(12):
+        (tmp_path / f"{i:064x}").mkdir()  # entries named as Gradio names its cache folders
+        service._request_folder()
+    assert all(path.read_text() == "keep me" for path in mine)
+    assert len([p for p in tmp_path.iterdir() if GRADIO_CACHE_ENTRY.fullmatch(p.name)]) == 4 * 2
 
 
 # -- the launched app, through gradio_client -----------------------------------------------------------------
@@ -237,7 +257,126 @@ def test_load_8_clients_x_5_requests(server, service):
     # bounded caches: 40 distinct objects may not grow the process by more than a few hundred MB
     assert _rss_mb() - before < 400
     assert len(service.pipeline.cache) <= service.pipeline.cache.max_items
-    assert len(list(service.output_root.iterdir())) <= service.keep_requests
+    assert len(_request_folders(service)) <= service.keep_requests
+
+
+def _launch(service, **build):
+    import app as app_module
+
+    blocks = app_module.build_app(service, export_defaults=FAST_EXPORT, **build)
+    port = _free_port()
+    blocks.queue(max_size=64).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                                     share=False, allowed_paths=[str(service.output_root.resolve())])
+    return blocks, f"http://127.0.0.1:{port}/"
+
+
+def _bytes_under(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.mark.slow
+def test_files_are_served_from_an_absolute_output_dir_anywhere_and_stay_bounded(tiny_checkpoint, tmp_path):
+    """An --output-dir outside the working directory and the temp dir works, Gradio serves the files from it
+    without copying them into its own cache, and 80 requests leave a bounded number of bytes on disk."""
+    import tempfile
+
+    import httpx
+    from gradio_client import Client
+
+    outside = Path(tempfile.mkdtemp(prefix="instant3d-test-", dir="/var/tmp"))
+    gradio_default = Path(tempfile.gettempdir()) / "gradio"
+    before = {p.name for p in gradio_default.iterdir()} if gradio_default.is_dir() else set()
+    pipe = Instant3DPipeline.from_pretrained(tiny_checkpoint, device="cpu")
+    service = Instant3DService(pipe, outside, video_frames=FRAMES, video_size=64, keep_requests=8)
+    blocks, url = _launch(service)
+    try:
+        client = Client(url, verbose=False)
+        sizes = []
+        for i in range(40):
+            video, _, glb, *_ = client.predict(f"a red cube number {i}", i, api_name="/generate")
+            client.predict(i * 7 % 360, 20, api_name="/render_view")
+            assert Path(video).stat().st_size > 0 and validate(Path(glb))["issues"]["numErrors"] == 0
+            sizes.append(_bytes_under(outside))
+        # served from where the service wrote it
+        page = httpx.get(url + "gradio_api/file=" + str(sorted(outside.glob("*/orbit.mp4"))[-1]))
+        assert page.status_code == 200 and page.content[4:8] == b"ftyp"
+    finally:
+        blocks.close()
+    assert len(_request_folders(service)) <= service.keep_requests
+    assert len([p for p in outside.iterdir() if GRADIO_CACHE_ENTRY.fullmatch(p.name)]) <= 4 * service.keep_requests
+    # bounded: after the first keep_requests requests the bytes on disk stop growing with the request count
+    per_request = max(sizes[: service.keep_requests]) / service.keep_requests
+    assert max(sizes) <= 2 * service.keep_requests * per_request + 4 * service.keep_requests * 64 * 1024
+    after = {p.name for p in gradio_default.iterdir()} if gradio_default.is_dir() else set()
+    copied = [n for n in after - before if any((gradio_default / n).glob("*.glb"))]
+    assert not copied, f"Gradio copied the app's files into its own cache: {copied}"
+
+
+def test_an_unexpected_error_reaches_the_user_as_a_message_and_the_log_as_a_traceback(service, monkeypatch,
+                                                                                          caplog):
+    import app as app_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the renderer ran out of rays")
+
+    monkeypatch.setattr(service, "render_view", broken)
+    blocks = app_module.build_app(service, export_defaults=FAST_EXPORT)
+    render_view = next(f.fn for f in blocks.fns.values() if f.name == "render_view")
+    with caplog.at_level("ERROR", logger="instant3d.app"), pytest.raises(Exception) as info:
+        render_view(0, 20, {"prompt": "a cube", "seed": 0}, "lit")
+    message = str(info.value)
+    assert "rendering the view failed on the server (RuntimeError)" in message and "Try again" in message
+    assert "out of rays" not in message  # the details stay in the log
+    assert "the renderer ran out of rays" in caplog.text and "Traceback" in caplog.text
+
+
+def test_credentials_and_the_exposure_warning(tmp_path):
+    import app as app_module
+
+    assert app_module.parse_args([]).credentials == []
+    assert app_module.parse_args(["--auth", "ann:s3cr:et"]).credentials == [("ann", "s3cr:et")]
+    secrets = tmp_path / "users.txt"
+    secrets.write_text("# who may use it\nann:one\nbob:two\n")
+    assert app_module.parse_args(["--auth-file", str(secrets)]).credentials == [("ann", "one"), ("bob", "two")]
+    for bad in (["--auth", "ann"], ["--auth", ":pw"], ["--auth-file", str(tmp_path / "none.txt")]):
+        with pytest.raises(SystemExit):
+            app_module.parse_args(bad)
+    warn = app_module.exposure_warning
+    assert warn("127.0.0.1", False, False) is None and warn("::1", False, False) is None
+    assert "other machines can reach it" in warn("0.0.0.0", False, False)
+    assert "gradio.live" in warn("127.0.0.1", True, False)
+    assert warn("0.0.0.0", True, True) is None
+
+
+@pytest.mark.slow
+def test_concurrent_clients_get_their_own_objects(tiny_checkpoint, tmp_path):
+    """--concurrency 2: generate and render_view on cache misses from several clients at once: no errors, and each
+    client's view is its own object's (compared with a render made here, alone)."""
+    from gradio_client import Client
+
+    pipe = Instant3DPipeline.from_pretrained(tiny_checkpoint, device="cpu", cache_items=2)
+    service = Instant3DService(pipe, tmp_path, video_frames=FRAMES, video_size=64, keep_requests=32)
+    blocks, url = _launch(service, model_concurrency=2)
+    reference = Instant3DPipeline.from_pretrained(tiny_checkpoint, device="cpu")
+
+    def worker(k):
+        c = Client(url, verbose=False)
+        views = []
+        for i in range(3):
+            prompt, seed = f"a {['red', 'blue', 'green', 'white'][k]} cube {i}", 100 * k + i
+            c.predict(prompt, seed, api_name="/generate")
+            views.append((prompt, seed, iio.imread(c.predict(45 * (i + 1), 20, api_name="/render_view"))))
+        return views
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            results = [v for r in pool.map(worker, range(4)) for v in r]
+    finally:
+        blocks.close()
+    assert len(results) == 12
+    for (prompt, seed, view), i in zip(results, [0, 1, 2] * 4):
+        expected = reference(prompt, seed=seed).render(45 * (i + 1), 20, size=64, shading="lit")
+        assert np.abs(view[..., :3].astype(int) - expected.astype(int)).max() <= 2, (prompt, seed)
 
 
 # -- a real browser -----------------------------------------------------------------------------------------------
@@ -326,3 +465,94 @@ def test_switching_models(tiny_checkpoint, tmp_path):
     blocks = app_module.build_app(service)
     dropdowns = [c for c in blocks.blocks.values() if getattr(c, "elem_id", None) == "model"]
     assert dropdowns and dropdowns[0].visible and [c[0] for c in dropdowns[0].choices] == ["tiny", "other"]
+
+
+# -- the batch command line ---------------------------------------------------------------------------------------
+def test_generate_cli_writes_a_folder_per_prompt_and_skips_bad_ones(tiny_checkpoint, tmp_path, capsys):
+    from PIL import Image
+
+    from instant3d_app.generate import main as generate
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\n\n# a comment\n   \na blue sphere\n", encoding="utf-8")
+    out = tmp_path / "out"
+    code = generate(["\x00\x01", "--prompts", str(prompts), "--out", str(out), "--checkpoint", str(tiny_checkpoint),
+                     "--views", "--video", "--size", "32", "--frames", "4", "--seed", "5", "--device", "cpu"])
+    assert code == 1  # one prompt failed
+    captured = capsys.readouterr()
+    assert "skipped" in captured.err and "made 2 of 3 objects" in captured.out
+    assert sorted(p.name for p in out.iterdir()) == ["001-a-red-cube-s5", "002-a-blue-sphere-s5"]
+    for folder in out.iterdir():
+        assert sorted(p.name for p in folder.iterdir()) == ["orbit.mp4", "view-back.png", "view-front.png",
+                                                            "view-side.png"]
+        assert len(iio.imread(folder / "orbit.mp4", plugin="FFMPEG")) == 4
+        assert Image.open(folder / "view-front.png").size == (32, 32)
+    front = np.asarray(Image.open(out / "001-a-red-cube-s5" / "view-front.png"))
+    back = np.asarray(Image.open(out / "001-a-red-cube-s5" / "view-back.png"))
+    assert not np.array_equal(front, back)
+    # all good: exit 0; nothing asked for but a GLB: only the GLB
+    assert generate(["a green cone", "--out", str(out), "--checkpoint", str(tiny_checkpoint), "--glb",
+                     "--resolution", "32", "--texture-size", "128", "--device", "cpu"]) == 0
+    glb_folder = out / "000-a-green-cone-s0"
+    assert [p.name for p in glb_folder.iterdir()] == ["model.glb"]
+    assert validate(glb_folder / "model.glb")["issues"]["numErrors"] == 0
+    with pytest.raises(SystemExit):
+        generate(["--out", str(out), "--checkpoint", str(tiny_checkpoint)])  # no prompt at all
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_the_default_model_shows_its_first_view_at_once_in_a_real_browser():
+    """The real app settings (48-frame 256^2 orbit, the default export) on the bundled default, in Chromium: the
+    first view appears within 1 s of the click on a new prompt (median of three prompts), and the orbit and the 3D
+    view follow. The times go to test-artifacts/progressive.json."""
+    import json
+    import time
+
+    from playwright.sync_api import sync_playwright
+
+    import app as app_module
+
+    pipe = Instant3DPipeline.from_pretrained(device="cpu")
+    service = Instant3DService(pipe, Path(__import__("tempfile").mkdtemp(prefix="instant3d-browser-")))
+    service.warm_up()
+    blocks = app_module.build_app(service)
+    port = _free_port()
+    blocks.queue(max_size=8).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False)
+    ARTIFACTS.mkdir(exist_ok=True)
+    timings = []
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=[
+                "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-first-run",
+                "--autoplay-policy=no-user-gesture-required"])
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1100})
+                page.goto(f"http://127.0.0.1:{port}/")
+                for prompt in ["a red cube on top of a blue sphere", "a white snowman with a carrot nose",
+                               "a large yellow torus"]:
+                    old_view = page.evaluate("() => document.querySelector('#view img')?.src || ''")
+                    page.locator("#prompt textarea").fill(prompt)
+                    start = time.perf_counter()
+                    page.locator("#generate").click()
+                    page.wait_for_function("(old) => { const i = document.querySelector('#view img');"
+                                           " return i && i.src && i.src !== old; }", arg=old_view, timeout=60_000,
+                                           polling=10)
+                    first_view = time.perf_counter() - start
+                    page.wait_for_function("() => { const v = document.querySelector('#orbit video');"
+                                           " return v && v.currentSrc && v.readyState >= 2 && !v.paused; }",
+                                           timeout=60_000, polling=20)
+                    video = time.perf_counter() - start
+                    page.wait_for_function("() => document.querySelector('#glb_file a')", timeout=60_000, polling=20)
+                    files = time.perf_counter() - start
+                    timings.append({"prompt": prompt, "first_view_s": first_view, "video_playing_s": video,
+                                    "3d_view_and_files_s": files})
+                    page.wait_for_timeout(500)
+            finally:
+                browser.close()
+    finally:
+        blocks.close()
+    (ARTIFACTS / "progressive.json").write_text(json.dumps(timings, indent=1))
+    firsts = sorted(t["first_view_s"] for t in timings)
+    assert firsts[1] <= 1.0, timings
+    assert all(t["first_view_s"] < t["video_playing_s"] <= t["3d_view_and_files_s"] for t in timings), timings

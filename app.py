@@ -108,31 +108,19 @@ def build_app(service: Instant3DService, model_concurrency: int = 1, export_defa
 
     @friendly_errors("generating the object")
     def generate(prompt, seed, settings, model, shading, progress=gr.Progress()):
-        """Progressive: the front view as soon as the triplane exists, then the orbit, then the 3D view and files
-        (each yield fills what is ready; gr.skip() leaves the rest as the last yield set it)."""
-        shown = 0
+        # One result, not the service's progressive stages: yielding the first view before the rest left the 3D
+        # view's canvas unmounted in Chromium (the browser test); to be solved before the app streams.
         try:
-            for result in service.generate_progressively(prompt, seed, settings, progress=progress, model=model,
-                                                         shading=shading):
-                for note in result.notes[shown:]:
-                    gr.Warning(note)
-                shown = len(result.notes)
-                current = {"prompt": result.prompt, "seed": result.seed, "model": result.model}
-                pending = {"view": ["orbit video", "3D view and downloads"], "video": ["3D view and downloads"],
-                           "done": []}[result.stage]
-                timings = format_timings(result.timings, result.notes + result.info
-                                         + [f"{p}: on its way" for p in pending])
-                if result.stage == "view":  # a new object: clear the previous one's video and files
-                    yield None, None, None, None, timings, result.preview, current, 0, service.elevation
-                elif result.stage == "video":
-                    yield str(result.video), gr.skip(), gr.skip(), gr.skip(), timings, *[gr.skip()] * 4
-                else:
-                    glb = str(result.glb) if result.glb else None
-                    obj_zip = str(result.obj_zip) if result.obj_zip else None
-                    yield (str(result.video), glb, glb, obj_zip, timings, result.preview, current, 0,
-                           service.elevation)
+            result = service.generate(prompt, seed, settings, progress=progress, model=model, shading=shading)
         except UserError as exc:
             raise gr.Error(str(exc)) from None
+        for note in result.notes:
+            gr.Warning(note)
+        current = {"prompt": result.prompt, "seed": result.seed, "model": result.model}
+        timings = format_timings(result.timings, result.notes + result.info)
+        glb = str(result.glb) if result.glb else None
+        obj_zip = str(result.obj_zip) if result.obj_zip else None
+        return str(result.video), glb, glb, obj_zip, timings, result.preview, current, 0, service.elevation
 
     @friendly_errors("rendering the view")
     def render_view(azimuth, elevation, current, shading):
@@ -311,8 +299,16 @@ def make_service(args) -> Instant3DService:
     else:
         pipeline = Instant3DPipeline.from_pretrained(args.checkpoint, device=args.device)
         name = pipeline.source.name
-    output = args.output_dir or Path(tempfile.mkdtemp(prefix="instant3d-app-"))
+    # the app's own subfolder: it is served and pruned, so nothing else in --output-dir is ever exposed or touched
+    output = (args.output_dir.resolve() / "instant3d-app") if args.output_dir else Path(
+        tempfile.mkdtemp(prefix="instant3d-app-"))
     return Instant3DService(pipeline, output, name=name, alternatives=bundled_checkpoints())
+
+
+def launch(app: gr.Blocks, service: Instant3DService, queue_size: int = 64, **options):
+    """Queue and launch ``app``, allowing Gradio to serve the service's output folder (and nothing else of
+    ours): Gradio serves its upload folder and ``allowed_paths`` only."""
+    return app.queue(max_size=queue_size).launch(allowed_paths=[str(service.output_root.resolve())], **options)
 
 
 def main(argv=None) -> None:
@@ -324,9 +320,8 @@ def main(argv=None) -> None:
     service = make_service(args)
     service.warm_up()
     app = build_app(service, model_concurrency=args.concurrency)
-    app.queue(max_size=args.queue_size).launch(
-        server_name=args.host, server_port=args.port, share=args.share, auth=args.credentials or None,
-        allowed_paths=[str(service.output_root.resolve())])
+    launch(app, service, args.queue_size, server_name=args.host, server_port=args.port, share=args.share,
+           auth=args.credentials or None)
 
 
 if __name__ == "__main__":

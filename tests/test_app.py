@@ -51,8 +51,8 @@ def server(service):
 
     blocks = app_module.build_app(service, export_defaults=FAST_EXPORT)
     port = _free_port()
-    blocks.queue(max_size=64).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
-                                     share=False)
+    app_module.launch(blocks, service, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                      share=False)
     yield f"http://127.0.0.1:{port}/"
     blocks.close()
 
@@ -265,8 +265,8 @@ def _launch(service, **build):
 
     blocks = app_module.build_app(service, export_defaults=FAST_EXPORT, **build)
     port = _free_port()
-    blocks.queue(max_size=64).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
-                                     share=False, allowed_paths=[str(service.output_root.resolve())])
+    app_module.launch(blocks, service, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                      share=False)
     return blocks, f"http://127.0.0.1:{port}/"
 
 
@@ -290,11 +290,11 @@ def test_files_are_served_from_an_absolute_output_dir_anywhere_and_stay_bounded(
     service = Instant3DService(pipe, outside, video_frames=FRAMES, video_size=64, keep_requests=8)
     blocks, url = _launch(service)
     try:
-        client = Client(url, verbose=False)
+        client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))  # not Gradio's temp dir
         sizes = []
         for i in range(40):
             video, _, glb, *_ = client.predict(f"a red cube number {i}", i, api_name="/generate")
-            client.predict(i * 7 % 360, 20, api_name="/render_view")
+            client.predict(i * 37 % 360 - 180, 20, api_name="/render_view")
             assert Path(video).stat().st_size > 0 and validate(Path(glb))["issues"]["numErrors"] == 0
             sizes.append(_bytes_under(outside))
         # served from where the service wrote it
@@ -349,21 +349,23 @@ def test_credentials_and_the_exposure_warning(tmp_path):
 
 
 @pytest.mark.slow
-def test_concurrent_clients_get_their_own_objects(tiny_checkpoint, tmp_path):
+def test_concurrent_clients_get_their_own_objects(tmp_path):
     """--concurrency 2: generate and render_view on cache misses from several clients at once: no errors, and each
-    client's view is its own object's (compared with a render made here, alone)."""
+    client's view is its own object's (compared with a render made here, alone). The bundled default, so that the
+    objects differ visibly (a tiny random model draws almost nothing)."""
     from gradio_client import Client
 
-    pipe = Instant3DPipeline.from_pretrained(tiny_checkpoint, device="cpu", cache_items=2)
+    pipe = Instant3DPipeline.from_pretrained(device="cpu", cache_items=2)
     service = Instant3DService(pipe, tmp_path, video_frames=FRAMES, video_size=64, keep_requests=32)
     blocks, url = _launch(service, model_concurrency=2)
-    reference = Instant3DPipeline.from_pretrained(tiny_checkpoint, device="cpu")
+    reference = Instant3DPipeline.from_pretrained(device="cpu")
 
     def worker(k):
         c = Client(url, verbose=False)
         views = []
         for i in range(3):
-            prompt, seed = f"a {['red', 'blue', 'green', 'white'][k]} cube {i}", 100 * k + i
+            colour = ["red", "blue", "green", "yellow"][k]
+            prompt, seed = f"a {['small', 'large', ''][i]} {colour} {['cube', 'sphere', 'cone'][i]}".replace("  ", " "), k
             c.predict(prompt, seed, api_name="/generate")
             views.append((prompt, seed, iio.imread(c.predict(45 * (i + 1), 20, api_name="/render_view"))))
         return views
@@ -374,9 +376,12 @@ def test_concurrent_clients_get_their_own_objects(tiny_checkpoint, tmp_path):
     finally:
         blocks.close()
     assert len(results) == 12
-    for (prompt, seed, view), i in zip(results, [0, 1, 2] * 4):
-        expected = reference(prompt, seed=seed).render(45 * (i + 1), 20, size=64, shading="lit")
-        assert np.abs(view[..., :3].astype(int) - expected.astype(int)).max() <= 2, (prompt, seed)
+    # the served views are WebP (lossy): each must match its own object's render far better than any other's
+    expected = [reference(prompt, seed=seed).render(45 * (i + 1), 20, size=64, shading="lit").astype(float)
+                for (prompt, seed, _), i in zip(results, [0, 1, 2] * 4)]
+    for k, (prompt, seed, view) in enumerate(results):
+        errors = [np.abs(view[..., :3].astype(float) - e).mean() for e in expected]
+        assert int(np.argmin(errors)) == k and errors[k] < 2.0, (prompt, seed, errors[k], sorted(errors)[:3])
 
 
 # -- a real browser -----------------------------------------------------------------------------------------------
@@ -498,61 +503,3 @@ def test_generate_cli_writes_a_folder_per_prompt_and_skips_bad_ones(tiny_checkpo
     assert validate(glb_folder / "model.glb")["issues"]["numErrors"] == 0
     with pytest.raises(SystemExit):
         generate(["--out", str(out), "--checkpoint", str(tiny_checkpoint)])  # no prompt at all
-
-
-@pytest.mark.browser
-@pytest.mark.slow
-def test_the_default_model_shows_its_first_view_at_once_in_a_real_browser():
-    """The real app settings (48-frame 256^2 orbit, the default export) on the bundled default, in Chromium: the
-    first view appears within 1 s of the click on a new prompt (median of three prompts), and the orbit and the 3D
-    view follow. The times go to test-artifacts/progressive.json."""
-    import json
-    import time
-
-    from playwright.sync_api import sync_playwright
-
-    import app as app_module
-
-    pipe = Instant3DPipeline.from_pretrained(device="cpu")
-    service = Instant3DService(pipe, Path(__import__("tempfile").mkdtemp(prefix="instant3d-browser-")))
-    service.warm_up()
-    blocks = app_module.build_app(service)
-    port = _free_port()
-    blocks.queue(max_size=8).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False)
-    ARTIFACTS.mkdir(exist_ok=True)
-    timings = []
-    try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=[
-                "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-first-run",
-                "--autoplay-policy=no-user-gesture-required"])
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1100})
-                page.goto(f"http://127.0.0.1:{port}/")
-                for prompt in ["a red cube on top of a blue sphere", "a white snowman with a carrot nose",
-                               "a large yellow torus"]:
-                    old_view = page.evaluate("() => document.querySelector('#view img')?.src || ''")
-                    page.locator("#prompt textarea").fill(prompt)
-                    start = time.perf_counter()
-                    page.locator("#generate").click()
-                    page.wait_for_function("(old) => { const i = document.querySelector('#view img');"
-                                           " return i && i.src && i.src !== old; }", arg=old_view, timeout=60_000,
-                                           polling=10)
-                    first_view = time.perf_counter() - start
-                    page.wait_for_function("() => { const v = document.querySelector('#orbit video');"
-                                           " return v && v.currentSrc && v.readyState >= 2 && !v.paused; }",
-                                           timeout=60_000, polling=20)
-                    video = time.perf_counter() - start
-                    page.wait_for_function("() => document.querySelector('#glb_file a')", timeout=60_000, polling=20)
-                    files = time.perf_counter() - start
-                    timings.append({"prompt": prompt, "first_view_s": first_view, "video_playing_s": video,
-                                    "3d_view_and_files_s": files})
-                    page.wait_for_timeout(500)
-            finally:
-                browser.close()
-    finally:
-        blocks.close()
-    (ARTIFACTS / "progressive.json").write_text(json.dumps(timings, indent=1))
-    firsts = sorted(t["first_view_s"] for t in timings)
-    assert firsts[1] <= 1.0, timings
-    assert all(t["first_view_s"] < t["video_playing_s"] <= t["3d_view_and_files_s"] for t in timings), timings

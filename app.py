@@ -77,17 +77,6 @@ def friendly_errors(action: str):
             return gr.Error(f"Sorry, {action} failed on the server ({type(exc).__name__}). Try again; if it "
                             "fails again, try another prompt or seed. The details are in the server's log.")
 
-        if getattr(handler, "__code__", None) and handler.__code__.co_flags & 0x20:  # a generator function
-            @functools.wraps(handler)
-            def generator(*args, **kwargs):
-                try:
-                    yield from handler(*args, **kwargs)
-                except gr.Error:
-                    raise
-                except Exception as exc:  # noqa: BLE001  (the user gets a message, the log the traceback)
-                    raise report(exc) from None
-            return generator
-
         @functools.wraps(handler)
         def function(*args, **kwargs):
             try:

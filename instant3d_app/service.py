@@ -185,15 +185,17 @@ class Instant3DService:
         """Prompt -> triplane -> orbit video + GLB + OBJ zip + a front view (``shading``: the display lighting of
         the video and view, "lit" or "albedo"; the mesh files always carry the plain albedo)."""
         result = None
-        for result in self.generate_progressively(prompt, seed, export_options, progress, model, shading):
+        for result in self.generate_progressively(prompt, seed, export_options, progress, model, shading,
+                                                  first_view=False):
             pass
         return result
 
     def generate_progressively(self, prompt, seed, export_options: dict | None = None, progress=None,
-                               model: str | None = None, shading: str | None = None):
+                               model: str | None = None, shading: str | None = None, first_view: bool = True):
         """``generate``, yielding as each piece exists, so the user sees the object at once: first the front view
         (stage "view", as soon as the triplane exists), then the orbit video ("video"), then the mesh files
-        ("done"). Input errors raise before anything is yielded; a cached result is yielded once, whole."""
+        ("done"). Input errors raise before anything is yielded; a cached result is yielded once, whole. With
+        ``first_view=False`` the view stage is skipped and the orbit's first frame is the view (no extra render)."""
         report = progress or (lambda *a, **k: None)
         text, notes = check_prompt(prompt)
         seed, seed_notes = check_seed(seed)
@@ -213,17 +215,19 @@ class Instant3DService:
         out = pipeline(text, seed=seed)
         timings = {"triplane": time.perf_counter() - start}
         notes += out.notes
-        start = time.perf_counter()
-        preview = out.render(0.0, self.elevation, size=self.video_size, shading=shading)  # the orbit's first frame
-        timings["first view"] = time.perf_counter() - start
-        result = GenerationResult(text, seed, None, None, None, preview, dict(timings), list(notes), [], model,
-                                  stage="view")
-        yield result
+        preview = None
+        if first_view:
+            start = time.perf_counter()
+            preview = out.render(0.0, self.elevation, size=self.video_size, shading=shading)  # = the orbit's frame 0
+            timings["first view"] = time.perf_counter() - start
+            yield GenerationResult(text, seed, None, None, None, preview, dict(timings), list(notes), [], model,
+                                   stage="view")
         folder = self._request_folder()
         report(0.2, desc="orbit video")
         start = time.perf_counter()
-        _, video = self._write_orbit(out, folder, shading)
+        frames, video = self._write_orbit(out, folder, shading)
         timings["video"] = time.perf_counter() - start
+        preview = frames[0] if preview is None else preview
         result = GenerationResult(text, seed, video, None, None, preview, dict(timings), list(notes), [], model,
                                   stage="video")
         yield result

@@ -45,6 +45,14 @@ class GeneratorConfig:
     mid_cross_attention: bool = True  # mid block = resnet, cross-attention, resnet at the base resolution
     attention_head_dim: int = 16
     triplane_channels: int = 32  # channels per plane
+    # The text half of the style input: "pooled" = the text encoder's pooled embedding (our models); "tokens" = a
+    # second token transformer over the token embeddings, style_text_dim wide (the official code's text_emb2eot).
+    style_text: str = "pooled"
+    style_text_dim: int = 768
+    norm_out_groups: int = 0  # groups of the GroupNorm before conv_out (0: the last stage's norm_groups)
+    # Flip the decoded XZ plane along z and the ZY plane along z, i.e. mirror the scene z -> -z. Converted official
+    # checkpoints need it: their camera frame is left-handed and their front faces -z (docs/official-checkpoint.md).
+    mirror_z: bool = False
 
     @property
     def triplane_resolution(self) -> int:
@@ -62,6 +70,12 @@ class FieldConfig:
     blob_radius: float = 0.6
     density_shift: float = 1.0  # sigma = softplus(raw + blob - shift)
     albedo_alpha: float = 1.0  # scaled-sigmoid alpha used at inference (1 = plain sigmoid)
+    # "scaled_sigmoid": (1/alpha) sigmoid(alpha x) (the paper); "padded_sigmoid": 1.002 sigmoid(x) - 0.001 (the
+    # official code's evaluation branch, which its released generator was trained to).
+    albedo_activation: str = "scaled_sigmoid"
+    # "linear": albedo is linear RGB, shown through the sRGB curve (our models); "display": albedo is already a
+    # display value, shown as is (the official model, whose images were saved without a transfer curve).
+    albedo_space: str = "linear"
 
 
 @dataclass
@@ -106,6 +120,11 @@ class Instant3DConfig:
         for ch, att in zip(g.block_out_channels, g.cross_attention):
             if att and ch % g.attention_head_dim:
                 raise ConfigError(f"{ch} channels are not divisible by attention_head_dim {g.attention_head_dim}")
+        if g.style_text not in ("pooled", "tokens"):
+            raise ConfigError(f"generator.style_text must be 'pooled' or 'tokens', got {g.style_text!r}")
+        if g.norm_out_groups < 0 or (g.norm_out_groups and g.block_out_channels[-1] % g.norm_out_groups):
+            raise ConfigError(f"generator.norm_out_groups {g.norm_out_groups} does not divide the last stage's "
+                              f"{g.block_out_channels[-1]} channels")
         if g.token_proj_dim % g.token_heads:
             raise ConfigError(f"token_proj_dim {g.token_proj_dim} is not divisible by token_heads {g.token_heads}")
         if not f.hidden_dims:
@@ -114,6 +133,11 @@ class Instant3DConfig:
             raise ConfigError(f"field.aggregation must be 'mean' or 'concat', got {f.aggregation!r}")
         if not 0 < f.albedo_alpha <= 1:
             raise ConfigError(f"field.albedo_alpha must be in (0, 1], got {f.albedo_alpha}")
+        if f.albedo_activation not in ("scaled_sigmoid", "padded_sigmoid"):
+            raise ConfigError("field.albedo_activation must be 'scaled_sigmoid' or 'padded_sigmoid', got "
+                              f"{f.albedo_activation!r}")
+        if f.albedo_space not in ("linear", "display"):
+            raise ConfigError(f"field.albedo_space must be 'linear' or 'display', got {f.albedo_space!r}")
         if f.bound <= 0:
             raise ConfigError(f"field.bound must be positive, got {f.bound}")
         if self.text.num_tokens < 1 or self.text.token_dim < 1:

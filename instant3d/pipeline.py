@@ -16,7 +16,7 @@ from instant3d.config import Instant3DConfig
 from instant3d.export.mesh import ExportResult, export_files
 from instant3d.models.model import Instant3DModel
 from instant3d.render.preview import BakedVolume
-from instant3d.render.color import to_uint8_srgb
+from instant3d.render.color import to_uint8_display
 from instant3d.render.renderer import render_views
 from instant3d.render.shading import DISPLAY_AMBIENT, check_shading, display_light
 from instant3d.models.text_encoder import TextEncoder, clean_prompt
@@ -40,9 +40,16 @@ def check_seed(seed) -> int:
     return int(seed)
 
 
-def style_noise(seed: int, z_dim: int) -> torch.Tensor:
+def seed_noise(seed: int, z_dim: int) -> torch.Tensor:
     """The style noise z for a seed: drawn on the CPU so that every device gets the same z."""
     return torch.randn(1, z_dim, generator=torch.Generator().manual_seed(seed))
+
+
+style_noise = seed_noise  # the older name, kept for callers
+
+
+class MissingTextEncoderError(CheckpointError):
+    """A prompt was given to a model loaded without a text encoder."""
 
 
 class Instant3DOutput:
@@ -74,6 +81,11 @@ class Instant3DOutput:
     @property
     def bound(self) -> float:
         return self.field.cfg.bound
+
+    @property
+    def albedo_space(self) -> str:
+        """"linear" (our models) or "display" (a converted official model): how renders and exports show albedo."""
+        return self.field.cfg.albedo_space
 
     def density_grid(self, resolution: int) -> torch.Tensor:
         """Density at the cell centres of a resolution^3 grid over the box, (z, y, x): exact, via the bake."""
@@ -154,7 +166,7 @@ class Instant3DOutput:
             ).color
         else:
             raise ValueError(f"quality must be 'fast' or 'full', got {quality!r}")
-        return [to_uint8_srgb(img) for img in images]
+        return [to_uint8_display(img, self.field.cfg.albedo_space) for img in images]
 
     def orbit_frames(self, frames: int = 48, size: int = 256, elevation: float = 15.0, quality="fast",
                      shading: str = "albedo"):
@@ -180,16 +192,18 @@ class Instant3DOutput:
 class Instant3DPipeline:
     """Text -> triplane in one forward pass; results are cached by (prompt, seed)."""
 
-    def __init__(self, model: Instant3DModel, text_encoder: TextEncoder, device=None, cache: ResultCache | None = None,
-                 source: Path | None = None, vocabulary: frozenset[str] | None = None):
+    def __init__(self, model: Instant3DModel, text_encoder: TextEncoder | None, device=None,
+                 cache: ResultCache | None = None, source: Path | None = None,
+                 vocabulary: frozenset[str] | None = None):
         self.vocabulary = vocabulary  # words of the training prompts, when the checkpoint lists them
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval().requires_grad_(False)
-        self.text_encoder = text_encoder
-        self.text_encoder.model.to(self.device)
+        self.text_encoder = text_encoder  # None: the model works from prompt embeddings only
+        if text_encoder is not None:
+            self.text_encoder.model.to(self.device)
+            check_text_encoder_matches(model.config, text_encoder)
         self.cache = cache if cache is not None else ResultCache()
         self.source = source
-        check_text_encoder_matches(model.config, text_encoder)
 
     @classmethod
     def from_pretrained(cls, path=None, device=None, cache_items: int = 32, cache_bytes: int = 512 * 2**20):
@@ -197,7 +211,9 @@ class Instant3DPipeline:
         folder = Path(path) if path is not None else default_checkpoint()
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, meta = load_model(folder, device)
-        text_encoder = TextEncoder.from_folder(text_encoder_folder(folder, meta), device)
+        # A converted official checkpoint may name no text encoder: it then takes prompt embeddings only.
+        text_encoder = TextEncoder.from_folder(text_encoder_folder(folder, meta), device) \
+            if meta.get("text_encoder") else None
         return cls(model, text_encoder, device, ResultCache(cache_items, cache_bytes), source=folder,
                    vocabulary=load_vocabulary(folder))
 
@@ -206,25 +222,68 @@ class Instant3DPipeline:
         return self.model.config
 
     @torch.no_grad()
-    def __call__(self, prompt: str, seed: int = 0) -> Instant3DOutput:
+    def __call__(self, prompt: str | None = None, seed: int = 0, *, prompt_embeds: torch.Tensor | None = None,
+                 pooled_prompt_embeds: torch.Tensor | None = None,
+                 style_noise: torch.Tensor | None = None) -> Instant3DOutput:
+        """The object for ``prompt`` and ``seed``; or, the diffusers way, for given ``prompt_embeds`` (1, L, D) (the
+        text encoder's token embeddings; ``pooled_prompt_embeds`` (1, D) too for models whose style reads them) and
+        optionally ``style_noise`` (1, z_dim) instead of the seed's. Results from a prompt are cached."""
         seed = check_seed(seed)
+        z = seed_noise(seed, self.config.generator.z_dim) if style_noise is None else self._check_noise(style_noise)
+        if prompt_embeds is not None:
+            if prompt is not None:
+                raise ValueError("pass either a prompt or prompt_embeds, not both")
+            tokens, pooled = self._check_embeds(prompt_embeds, pooled_prompt_embeds)
+            return self._generate("", seed, tokens, pooled, z, [], {})
+        if self.text_encoder is None:
+            raise MissingTextEncoderError(
+                f"this model ({self.source or 'in memory'}) was loaded without a text encoder, so it takes "
+                "prompt_embeds=, not a prompt. To use prompts, convert it again with --text-encoder <Stable Diffusion "
+                "2.1-base folder> (python -m instant3d.convert_official SRC OUT --text-encoder SD_FOLDER)")
+        if prompt is None:
+            raise ValueError("give a prompt or prompt_embeds")
         text = clean_prompt(prompt)
-        cached = self.cache.get((text, seed))
+        key = (text, seed) if style_noise is None else None
+        cached = self.cache.get(key) if key else None
         if cached is not None:
             return cached
         start = time.perf_counter()
         notes = [n for n in [self.text_encoder.truncation_note(text), unknown_words_note(text, self.vocabulary)] if n]
         tokens, pooled = self.text_encoder.encode(text)
-        encoded = time.perf_counter()
-        z = style_noise(seed, self.config.generator.z_dim).to(self.device)
-        triplane = self.model(tokens, pooled, z)
-        done = time.perf_counter()
-        out = Instant3DOutput(
-            text, seed, triplane, self.model, notes, {"text": encoded - start, "generator": done - encoded},
-            self.cache,
-        )
-        self.cache.put((text, seed), out)
+        out = self._generate(text, seed, tokens, pooled, z, notes, {"text": time.perf_counter() - start})
+        if key:
+            self.cache.put(key, out)
         return out
+
+    def _generate(self, text, seed, tokens, pooled, z, notes, timings) -> Instant3DOutput:
+        start = time.perf_counter()
+        triplane = self.model(tokens, pooled, z.to(self.device))
+        timings["generator"] = time.perf_counter() - start
+        return Instant3DOutput(text, seed, triplane, self.model, notes, timings, self.cache)
+
+    def _check_embeds(self, tokens, pooled):
+        want = (self.config.text.num_tokens, self.config.text.token_dim)
+        tokens = torch.as_tensor(tokens, dtype=torch.float32, device=self.device)
+        if tokens.dim() != 3 or tokens.shape[0] != 1 or tuple(tokens.shape[1:]) != want:
+            raise ValueError(f"prompt_embeds must have shape (1, {want[0]}, {want[1]}) for this model, got "
+                             f"{tuple(tokens.shape)}")
+        if pooled is not None:
+            pooled = torch.as_tensor(pooled, dtype=torch.float32, device=self.device)
+            if tuple(pooled.shape) != (1, self.config.text.pooled_dim):
+                raise ValueError(f"pooled_prompt_embeds must have shape (1, {self.config.text.pooled_dim}), got "
+                                 f"{tuple(pooled.shape)}")
+        elif self.config.generator.style_text == "pooled":
+            raise ValueError("this model's style reads the pooled text embedding: pass pooled_prompt_embeds too")
+        if not (torch.isfinite(tokens).all() and (pooled is None or torch.isfinite(pooled).all())):
+            raise ValueError("prompt_embeds hold NaN or infinite values")
+        return tokens, pooled
+
+    def _check_noise(self, z) -> torch.Tensor:
+        z = torch.as_tensor(z, dtype=torch.float32)
+        if tuple(z.shape) != (1, self.config.generator.z_dim) or not torch.isfinite(z).all():
+            raise ValueError(f"style_noise must be a finite tensor of shape (1, {self.config.generator.z_dim}), got "
+                             f"{tuple(z.shape)}")
+        return z
 
 
 def check_text_encoder_matches(config: Instant3DConfig, text_encoder: TextEncoder) -> None:

@@ -293,12 +293,14 @@ class Trainer:
                                                          dirs.reshape(b, -1, 3), options)
         res = cfg.render.resolution
         stats = {"opacity": float(opacity.detach().mean()), "shading": views.shading}
+        # A model whose albedo is already a display value (a converted official one) is shown to losses as it is.
+        display = self.model.config.field.albedo_space == "display"
         if self.supervised:
-            images = linear_to_srgb(color).view(b, res, res, 3).permute(0, 3, 1, 2)
+            images = (color.clamp(0, 1) if display else linear_to_srgb(color)).view(b, res, res, 3).permute(0, 3, 1, 2)
             return self._photometric_loss(prompts, views, images, opacity.view(b, res, res), depth.view(b, res, res),
                                           stats)
         # priors see sRGB images; above 1 (scaled sigmoid, alpha < 1) the curve goes on so that gradients flow
-        images = linear_to_srgb_unbounded(color).view(b, res, res, 3).permute(0, 3, 1, 2)
+        images = (color if display else linear_to_srgb_unbounded(color)).view(b, res, res, 3).permute(0, 3, 1, 2)
         negative_scale, clip_loss = None, torch.zeros((), device=self.device)
         if self.clip is not None:
             features = self.clip.image_features(images if cfg.clip.weight > 0 else images.detach())

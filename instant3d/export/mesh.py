@@ -27,7 +27,7 @@ from PIL import Image
 from scipy.ndimage import distance_transform_edt
 from skimage.measure import marching_cubes
 
-from instant3d.render.color import linear_to_srgb
+from instant3d.render.color import linear_to_srgb, srgb_to_linear
 from instant3d.io.files import atomic_path
 
 MAX_RESOLUTION = 384
@@ -48,7 +48,7 @@ class DensitySource(Protocol):
         """Density at the cell centres of a resolution^3 grid over [-bound, bound]^3, indexed (z, y, x)."""
 
     def albedo(self, points: torch.Tensor) -> torch.Tensor:
-        """Linear albedo (N, 3) at world points (N, 3)."""
+        """Albedo (N, 3) at world points (N, 3): linear, or display values if ``albedo_space`` is "display"."""
 
 
 @dataclass
@@ -192,9 +192,11 @@ def pad_seams(texture: np.ndarray, filled: np.ndarray) -> np.ndarray:
 
 
 def _surface_albedo(source: DensitySource, points: np.ndarray, normals: np.ndarray, inset: float) -> np.ndarray:
-    """Linear albedo a little inside the surface, where the field's colour belongs to the object."""
+    """Linear albedo a little inside the surface, where the field's colour belongs to the object (a model whose
+    albedo is in display space, a converted official one, is converted to linear: glTF's colours are linear)."""
     query = torch.as_tensor(points - inset * normals, dtype=torch.float32)
-    return source.albedo(query).float().cpu().numpy().clip(0, 1)
+    albedo = source.albedo(query).float().cpu().numpy().clip(0, 1)
+    return srgb_to_linear(albedo) if getattr(source, "albedo_space", "linear") == "display" else albedo
 
 
 def build_textured_mesh(source: DensitySource, opts: ExportOptions, timer: _Timer):

@@ -74,7 +74,10 @@ class TriplaneField(nn.Module):
     def activate(self, raw: torch.Tensor, points: torch.Tensor, alpha: float | None = None):
         """raw MLP output (..., 4) -> (density (...), albedo (..., 3))."""
         sigma = F.softplus(raw[..., 0] + self.blob(points) - self.cfg.density_shift)
-        albedo = scaled_sigmoid(raw[..., 1:], self.cfg.albedo_alpha if alpha is None else alpha)
+        if self.cfg.albedo_activation == "padded_sigmoid":  # no alpha: the official model was trained without one
+            albedo = torch.sigmoid(raw[..., 1:]) * 1.002 - 0.001
+        else:
+            albedo = scaled_sigmoid(raw[..., 1:], self.cfg.albedo_alpha if alpha is None else alpha)
         return sigma, albedo
 
     def density_logit(self, planes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:

@@ -84,19 +84,29 @@ class TokenTransformerLayer(nn.Module):
         return self.out_norm(x)
 
 
-class TokenToPlane(nn.Module):
-    """Token embeddings (B, L, D) -> base tensor (B, C0, h, w): linear, token transformer, flatten, FC."""
+class TokenToVector(nn.Module):
+    """Token embeddings (B, L, D) -> (B, out_features): linear, token transformer, flatten, equalized FC."""
 
-    def __init__(self, text: TextConfig, cfg: GeneratorConfig):
+    def __init__(self, num_tokens: int, token_dim: int, proj_dim: int, heads: int, out_features: int):
         super().__init__()
-        self.proj = nn.Linear(text.token_dim, cfg.token_proj_dim)
-        self.transformer = TokenTransformerLayer(cfg.token_proj_dim, cfg.token_heads)
-        self.base_shape = (cfg.base_channels, cfg.base_resolution, cfg.base_resolution)
-        self.fc = EqualLinear(text.num_tokens * cfg.token_proj_dim, math.prod(self.base_shape))
+        self.proj = nn.Linear(token_dim, proj_dim)
+        self.transformer = TokenTransformerLayer(proj_dim, heads)
+        self.fc = EqualLinear(num_tokens * proj_dim, out_features)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.transformer(self.proj(tokens))
-        return self.fc(x.flatten(1)).view(-1, *self.base_shape)
+        return self.fc(self.transformer(self.proj(tokens)).flatten(1))
+
+
+class TokenToPlane(TokenToVector):
+    """Token embeddings (B, L, D) -> base tensor (B, C0, h, w): the token-to-plane transform (the paper, §3.2.1)."""
+
+    def __init__(self, text: TextConfig, cfg: GeneratorConfig):
+        self.base_shape = (cfg.base_channels, cfg.base_resolution, cfg.base_resolution)
+        super().__init__(text.num_tokens, text.token_dim, cfg.token_proj_dim, cfg.token_heads,
+                         math.prod(self.base_shape))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return super().forward(tokens).view(-1, *self.base_shape)
 
 
 class DecoderStage(nn.Module):
@@ -159,7 +169,7 @@ class TriplaneDecoder(nn.Module):
             stages.append(DecoderStage(in_ch, out_ch, cfg.layers_per_block, groups, att, cfg, text.token_dim))
             in_ch = out_ch
         self.stages = nn.ModuleList(stages)
-        self.norm_out = nn.GroupNorm(cfg.norm_groups[-1], in_ch)
+        self.norm_out = nn.GroupNorm(cfg.norm_out_groups or cfg.norm_groups[-1], in_ch)
         self.conv_out = nn.Conv2d(in_ch, 3 * cfg.triplane_channels, 3, padding=1)
         self.triplane_channels = cfg.triplane_channels
 
@@ -176,21 +186,44 @@ class TriplaneDecoder(nn.Module):
         return x.view(b, 3, self.triplane_channels, h, w)
 
 
+def mirror_planes_z(planes: torch.Tensor) -> torch.Tensor:
+    """The triplane of the scene mirrored z -> -z: XZ flipped along its height (z), ZY along its width (z)."""
+    xy, xz, zy = planes.unbind(dim=1)
+    return torch.stack([xy, xz.flip(-2), zy.flip(-1)], dim=1)
+
+
 class TriplaneGenerator(nn.Module):
     """(token embeddings, pooled embedding, noise z) -> triplane (B, 3, C, R, R), planes XY, XZ, ZY.
 
-    Style injection: the mapping network turns [pooled text, z] into a style vector that drives the
-    adaptive group norm of every res-block. The paper's ablation (and our toy experiment) shows that
-    without the noise the SDS-trained generator collapses to an empty scene.
+    Style injection: the mapping network turns [text vector, z] into a style vector that drives the
+    adaptive group norm of every res-block. The text vector is the pooled embedding (our models) or, with
+    ``style_text="tokens"``, a second token transformer's output (the official code). The paper's ablation (and
+    our toy experiment) shows that without the noise the SDS-trained generator collapses to an empty scene.
     """
 
     def __init__(self, text: TextConfig, cfg: GeneratorConfig):
         super().__init__()
         self.cfg = cfg
         self.token_to_plane = TokenToPlane(text, cfg)
-        self.mapping = TimestepEmbedding(text.pooled_dim + cfg.z_dim, cfg.style_dim)
+        if cfg.style_text == "tokens":
+            self.style_text = TokenToVector(text.num_tokens, text.token_dim, cfg.token_proj_dim, cfg.token_heads,
+                                            cfg.style_text_dim)
+            style_text_dim = cfg.style_text_dim
+        else:
+            self.style_text = None
+            style_text_dim = text.pooled_dim
+        self.mapping = TimestepEmbedding(style_text_dim + cfg.z_dim, cfg.style_dim)
         self.decoder = TriplaneDecoder(text, cfg)
 
-    def forward(self, tokens: torch.Tensor, pooled: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        style = self.mapping(torch.cat([pooled, z], dim=-1))
-        return self.decoder(self.token_to_plane(tokens), style, tokens)
+    def style(self, tokens: torch.Tensor, pooled: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor:
+        if self.style_text is not None:
+            text = self.style_text(tokens)
+        elif pooled is None:
+            raise ValueError("this model's style takes the pooled text embedding: pass pooled_prompt_embeds")
+        else:
+            text = pooled
+        return self.mapping(torch.cat([text, z], dim=-1))
+
+    def forward(self, tokens: torch.Tensor, pooled: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor:
+        planes = self.decoder(self.token_to_plane(tokens), self.style(tokens, pooled, z), tokens)
+        return mirror_planes_z(planes) if self.cfg.mirror_z else planes

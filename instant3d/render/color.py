@@ -38,3 +38,20 @@ def to_uint8_srgb(linear):
     if isinstance(linear, torch.Tensor):
         linear = linear.detach().cpu().numpy()
     return (linear_to_srgb(np.asarray(linear, dtype=np.float32)) * 255 + 0.5).astype(np.uint8)
+
+
+def to_uint8_display(albedo_colour, space: str = "linear"):
+    """uint8 display values of rendered colours: through the sRGB curve for linear albedo, as they are (clipped)
+    for a model whose albedo is already in display space (a converted official checkpoint)."""
+    if space == "linear":
+        return to_uint8_srgb(albedo_colour)
+    if isinstance(albedo_colour, torch.Tensor):
+        albedo_colour = albedo_colour.detach().cpu().numpy()
+    return (np.clip(np.asarray(albedo_colour, dtype=np.float32), 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+
+
+def to_display(colour, space: str = "linear"):
+    """Float display values in [0, 1] (numpy or torch): the sRGB curve for linear colours, a clip otherwise."""
+    if space == "linear":
+        return linear_to_srgb(colour)
+    return colour.clamp(0.0, 1.0) if isinstance(colour, torch.Tensor) else np.clip(colour, 0.0, 1.0)

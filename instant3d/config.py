@@ -5,6 +5,8 @@ Presets:
   320/320/160/80/80/40 with cross-attention at 4/8/16/32, 3x32x256^2 triplane, MLP 32->64->4).
 - ``small``: the CPU default, sized for the budgets in docs/DESIGN.md §5 (prompt -> triplane <= 30 ms).
 - ``tiny``: for tests (builds and runs in milliseconds).
+- ``official``: the official release's generator as ``instant3d.convert_official`` converts it (paper shapes plus
+  the official code's conventions).
 """
 
 from __future__ import annotations
@@ -269,15 +271,29 @@ def tiny_config(num_tokens: int = 16, token_dim: int = 32, pooled_dim: int | Non
     )
 
 
-PRESETS = {"paper": paper_config, "small": small_config, "tiny": tiny_config}
+def official_config() -> Instant3DConfig:
+    """The official release's generator as converted (``python -m instant3d.convert_official``): the paper preset's
+    shapes plus the official code's conventions (docs/official-checkpoint.md): style from a second token
+    transformer, final norm 4 groups, padded-sigmoid albedo in display space, the scene mirrored z -> -z, box 1.75,
+    fov 75. 269 769 476 parameters, exactly the official file's."""
+    cfg = paper_config()
+    cfg.preset = "official"
+    cfg.generator = dataclasses.replace(cfg.generator, style_text="tokens", style_text_dim=768, norm_out_groups=4,
+                                        mirror_z=True)
+    cfg.field = dataclasses.replace(cfg.field, albedo_activation="padded_sigmoid", albedo_space="display")
+    cfg.render = RenderConfig(camera_radius=4.29, fov_deg=75.0)
+    return cfg
+
+
+PRESETS = {"paper": paper_config, "small": small_config, "tiny": tiny_config, "official": official_config}
 
 
 def preset_config(name: str, **text_shape: int) -> Instant3DConfig:
     """A preset by name; ``text_shape`` (num_tokens, token_dim, pooled_dim) adapts it to a text encoder."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    if name == "paper":
-        cfg = paper_config()
+    if name in ("paper", "official"):
+        cfg = PRESETS[name]()
         for key, value in text_shape.items():
             if value is not None:
                 setattr(cfg.text, key, value)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from instant3d.config import preset_config
 from instant3d.convert_official import convert, main as convert_main
 from instant3d.io.checkpoint import CheckpointError
 from instant3d.io.official_layout import OfficialLayoutError, official_config, official_to_ours
@@ -165,6 +166,7 @@ def test_the_released_models_shapes_give_the_paper_size_model():
     mapped = official_to_ours(state, {k: tuple(v.shape) for k, v in model.state_dict().items()})
     assert len(mapped) == manifest["num_tensors"] == 1742
     assert model.num_parameters() == manifest["num_parameters"] == 269_769_476
+    assert config.to_dict() == preset_config("official").to_dict()  # the preset the benchmarks build
 
 
 def test_without_a_text_encoder_a_prompt_gets_the_way_to_add_one(converted, reference):

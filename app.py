@@ -96,11 +96,12 @@ def build_app(service: Instant3DService, model_concurrency: int = 1, export_defa
     defaults = {**DEFAULT_EXPORT, **(export_defaults or {})}
 
     @friendly_errors("generating the object")
-    def generate(prompt, seed, settings, model, shading, progress=gr.Progress()):
+    def generate(prompt, seed, settings, model, shading, raw=False, progress=gr.Progress()):
         # One result, not the service's progressive stages: yielding the first view before the rest left the 3D
         # view's canvas unmounted in Chromium (the browser test); to be solved before the app streams.
         try:
-            result = service.generate(prompt, seed, settings, progress=progress, model=model, shading=shading)
+            result = service.generate(prompt, seed, settings, progress=progress, model=model, shading=shading,
+                                      raw=raw)
         except UserError as exc:
             raise gr.Error(str(exc)) from None
         for note in result.notes:
@@ -112,22 +113,24 @@ def build_app(service: Instant3DService, model_concurrency: int = 1, export_defa
         return str(result.video), glb, glb, obj_zip, timings, result.preview, current, 0, service.elevation
 
     @friendly_errors("rendering the view")
-    def render_view(azimuth, elevation, current, shading):
+    def render_view(azimuth, elevation, current, shading, raw=False):
         try:
             return service.render_view(current.get("prompt", ""), current.get("seed", 0), azimuth, elevation,
-                                       current.get("model"), shading)
+                                       current.get("model"), shading, raw)
         except UserError as exc:
             raise gr.Error(str(exc)) from None
 
     @friendly_errors("re-lighting the object")
-    def relight(shading, azimuth, elevation, current):
-        """The lighting changed: the same object's orbit and view, lit the new way (nothing before a first object)."""
+    def relight(shading, azimuth, elevation, current, raw=False):
+        """The lighting or the raw-field switch changed: the same object's orbit and view, shown the new way
+        (nothing before a first object)."""
         if not current.get("prompt"):
             return gr.skip(), gr.skip()
         try:
-            video = service.orbit_video(current["prompt"], current.get("seed", 0), current.get("model"), shading)
+            video = service.orbit_video(current["prompt"], current.get("seed", 0), current.get("model"), shading,
+                                        raw)
             view = service.render_view(current["prompt"], current.get("seed", 0), azimuth, elevation,
-                                       current.get("model"), shading)
+                                       current.get("model"), shading, raw)
         except UserError as exc:
             raise gr.Error(str(exc)) from None
         return str(video), view
@@ -151,6 +154,7 @@ def build_app(service: Instant3DService, model_concurrency: int = 1, export_defa
         settings = gr.State(dict(defaults))
         chosen_model = gr.State(service.default_model)
         chosen_lighting = gr.State("lit")
+        chosen_raw = gr.State(False)
         gr.Markdown("## instant3d: text to 3D in one forward pass\nType a prompt and press **Generate**. "
                     "Drag the sliders to turn the object; download the GLB or the OBJ zip.")
         with gr.Row():
@@ -165,6 +169,8 @@ def build_app(service: Instant3DService, model_concurrency: int = 1, export_defa
                                     elem_id="model")
                 lighting = gr.Radio(list(SHADINGS), value="lit", label="Lighting", elem_id="lighting",
                                     info="lit: a light above the camera shows the shape; albedo: the colours, flat")
+                raw_field = gr.Checkbox(False, label="Show the raw field", elem_id="raw_field",
+                                        info="the field as generated, with the haze and floaters the GLB leaves out")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
                 gr.Examples(load_examples(), inputs=[prompt], cache_examples=False, label="Examples")
                 with gr.Accordion("Export settings", open=False):
@@ -198,17 +204,19 @@ def build_app(service: Instant3DService, model_concurrency: int = 1, export_defa
         dice.click(random_seed, None, seed, api_visibility="private", queue=False)
         outputs = [video, model3d, glb_file, obj_file, timings, view, current, azimuth, elevation]
         model_queue = dict(concurrency_id="model", concurrency_limit=model_concurrency)
-        generate_inputs = [prompt, seed, settings, chosen_model, chosen_lighting]
+        generate_inputs = [prompt, seed, settings, chosen_model, chosen_lighting, chosen_raw]
         run.click(generate, generate_inputs, outputs, api_name="generate", **model_queue)
         prompt.submit(generate, generate_inputs, outputs, api_visibility="private", **model_queue)
         view_queue = dict(show_progress="hidden", trigger_mode="always_last", concurrency_id="view",
                           concurrency_limit=2)
-        view_inputs = [azimuth, elevation, current, chosen_lighting]
+        view_inputs = [azimuth, elevation, current, chosen_lighting, chosen_raw]
         azimuth.input(render_view, view_inputs, view, api_name="render_view", **view_queue)
         elevation.input(render_view, view_inputs, view, api_visibility="private", **view_queue)
+        redraw_inputs = [chosen_lighting, azimuth, elevation, current, chosen_raw]
         lighting.change(lambda name: name, lighting, chosen_lighting, api_visibility="private", queue=False).then(
-            relight, [chosen_lighting, azimuth, elevation, current], [video, view], api_visibility="private",
-            **model_queue)
+            relight, redraw_inputs, [video, view], api_visibility="private", **model_queue)
+        raw_field.change(bool, raw_field, chosen_raw, api_visibility="private", queue=False).then(
+            relight, redraw_inputs, [video, view], api_visibility="private", **model_queue)
         again.click(reexport, [current, settings], [model3d, glb_file, obj_file, timings], api_name="reexport",
                     **model_queue)
     return app

@@ -15,6 +15,7 @@ from instant3d.io.checkpoint import CheckpointError, load_model, text_encoder_fo
 from instant3d.config import Instant3DConfig
 from instant3d.export.mesh import ExportResult, export_files
 from instant3d.models.model import Instant3DModel
+from instant3d.render.cleanup import CleanedField
 from instant3d.render.preview import BakedVolume
 from instant3d.render.color import to_uint8_display
 from instant3d.render.renderer import render_views
@@ -62,7 +63,7 @@ class Instant3DOutput:
         self.render_config = model.config.render
         self.notes = notes  # messages for the user (e.g. the prompt was truncated)
         self.timings = timings  # seconds per stage
-        self._baked: BakedVolume | None = None
+        self._baked: dict[bool, BakedVolume] = {}  # clean -> grid
         self._lock = threading.Lock()
         self._cache = cache
 
@@ -112,18 +113,25 @@ class Instant3DOutput:
     # -- views -----------------------------------------------------------------------------------------
     @property
     def baked(self) -> BakedVolume:
-        """The fast-preview grid, baked on first use (thread-safe) and reused by every view."""
+        """The fast-preview grid of the cleaned object (what the GLB holds), baked on first use."""
+        return self.baked_volume(clean=True)
+
+    def baked_volume(self, clean: bool = True) -> BakedVolume:
+        """The fast-preview grid, baked on first use (thread-safe) and reused by every view. ``clean``: haze and
+        floaters removed as the export removes them (``instant3d.render.cleanup``); otherwise the raw field."""
         with self._lock:
-            if self._baked is None:
+            if clean not in self._baked:
                 start = time.perf_counter()
                 cfg = self.render_config
-                self._baked = BakedVolume.from_field(
-                    self.field, self.triplane, cfg.preview_grid, occupancy_threshold=cfg.preview_occupancy
+                self._baked[clean] = BakedVolume.from_field(
+                    self.field, self.triplane, cfg.preview_grid, occupancy_threshold=cfg.preview_occupancy,
+                    clean=clean,
                 )
-                self.timings["bake"] = time.perf_counter() - start
+                self.timings["bake" if clean else "bake (raw)"] = time.perf_counter() - start
+            baked = self._baked[clean]
         if self._cache is not None:
-            self._cache.trim()  # this result just grew by the baked grid
-        return self._baked
+            self._cache.trim()  # this result may just have grown by a baked grid
+        return baked
 
     def _cameras(self, azimuth, elevation):
         el = torch.as_tensor(elevation, dtype=torch.float32)
@@ -139,28 +147,31 @@ class Instant3DOutput:
         return int(size)
 
     def render(self, azimuth: float = 0.0, elevation: float = 15.0, size: int = 256, quality: str = "fast",
-               background=None, shading: str = "albedo") -> np.ndarray:
+               background=None, shading: str = "albedo", clean: bool = True) -> np.ndarray:
         """One view as a display-ready (H, W, 3) uint8 sRGB array (the field's albedo is linear).
 
         ``quality``: "fast" (baked preview) or "full" (reference renderer). ``background`` is linear RGB.
         ``shading``: "albedo" (the generated colours, flat) or "lit" (a light above the camera shows the shape).
+        ``clean``: show the object the GLB holds (haze and floaters removed); False shows the raw field.
         """
-        return self.render_many([azimuth], [elevation], size, quality, background, shading)[0]
+        return self.render_many([azimuth], [elevation], size, quality, background, shading, clean)[0]
 
     def render_many(self, azimuths, elevations, size=256, quality="fast", background=None,
-                    shading="albedo") -> list[np.ndarray]:
+                    shading="albedo", clean: bool = True) -> list[np.ndarray]:
         size = self._check_size(size)
         lit = check_shading(shading) == "lit"
         cameras = self._cameras(azimuths, elevations)
         bg = self.render_config.background if background is None else background
         lights = display_light(cameras.position) if lit else None
         if quality == "fast":
-            images = self.baked.render(cameras, size, background=bg, step=self.render_config.preview_step,
-                                       light_dirs=lights)
+            images = self.baked_volume(clean).render(cameras, size, background=bg,
+                                                     step=self.render_config.preview_step, light_dirs=lights)
         elif quality == "full":
             cfg = self.render_config
+            keep = self.baked_volume(True).keep if clean else None
+            field = self.field if keep is None else CleanedField(self.field, keep)
             images = render_views(
-                self.field, self.triplane, cameras, size, background=bg,
+                field, self.triplane, cameras, size, background=bg,
                 num_samples=cfg.num_samples, num_importance=cfg.num_importance,
                 shading="lambertian" if lit else "albedo", light_dirs=lights, ambient=DISPLAY_AMBIENT,
             ).color
@@ -169,20 +180,21 @@ class Instant3DOutput:
         return [to_uint8_display(img, self.field.cfg.albedo_space) for img in images]
 
     def orbit_frames(self, frames: int = 48, size: int = 256, elevation: float = 15.0, quality="fast",
-                     shading: str = "albedo"):
+                     shading: str = "albedo", clean: bool = True):
         """``frames`` views evenly spaced over a full turn, starting at the front (azimuth 0)."""
         if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or not 1 <= frames <= MAX_FRAMES:
             raise ValueError(f"frames must be a whole number from 1 to {MAX_FRAMES}, got {frames!r}")
         azimuths = [360.0 * i / frames for i in range(frames)]
-        return [f for az in azimuths for f in self.render_many([az], [elevation], size, quality, shading=shading)]
+        return [f for az in azimuths
+                for f in self.render_many([az], [elevation], size, quality, shading=shading, clean=clean)]
 
     def orbit_video(self, path, frames: int = 48, size: int = 256, elevation: float = 15.0, fps: int = 24,
-                    shading: str = "albedo") -> Path:
+                    shading: str = "albedo", clean: bool = True) -> Path:
         """An H.264 MP4 orbit of the object (written atomically); returns its path."""
-        return write_mp4(self.orbit_frames(frames, size, elevation, shading=shading), path, fps=fps)
+        return write_mp4(self.orbit_frames(frames, size, elevation, shading=shading, clean=clean), path, fps=fps)
 
     def nbytes(self) -> int:
-        baked = self._baked.nbytes() if self._baked is not None else 0
+        baked = sum(b.nbytes() for b in self._baked.values())
         return self.triplane.numel() * self.triplane.element_size() + baked
 
     def __repr__(self) -> str:

@@ -181,17 +181,19 @@ class Instant3DService:
         return self.pipeline_for(model)(prompt, seed=seed)
 
     def generate(self, prompt, seed, export_options: dict | None = None, progress=None,
-                 model: str | None = None, shading: str | None = None) -> GenerationResult:
+                 model: str | None = None, shading: str | None = None, raw: bool = False) -> GenerationResult:
         """Prompt -> triplane -> orbit video + GLB + OBJ zip + a front view (``shading``: the display lighting of
-        the video and view, "lit" or "albedo"; the mesh files always carry the plain albedo)."""
+        the video and view, "lit" or "albedo"; the mesh files always carry the plain albedo). The video and view
+        show the object the GLB holds (haze and floaters removed); ``raw`` shows the field as generated."""
         result = None
         for result in self.generate_progressively(prompt, seed, export_options, progress, model, shading,
-                                                  first_view=False):
+                                                  first_view=False, raw=raw):
             pass
         return result
 
     def generate_progressively(self, prompt, seed, export_options: dict | None = None, progress=None,
-                               model: str | None = None, shading: str | None = None, first_view: bool = True):
+                               model: str | None = None, shading: str | None = None, first_view: bool = True,
+                               raw: bool = False):
         """``generate``, yielding as each piece exists, so the user sees the object at once: first the front view
         (stage "view", as soon as the triplane exists), then the orbit video ("video"), then the mesh files
         ("done"). Input errors raise before anything is yielded; a cached result is yielded once, whole. With
@@ -204,7 +206,8 @@ class Instant3DService:
         options = self._export_options(export_options)
         model = model or self.default_model
         pipeline = self.pipeline_for(model)
-        key = (model, text, seed, shading, tuple(sorted(options.items())))
+        raw = bool(raw)
+        key = (model, text, seed, shading, raw, tuple(sorted(options.items())))
         cached = self._cached_result(key)
         if cached is not None:
             report(1.0, desc="done (cached)")
@@ -218,14 +221,15 @@ class Instant3DService:
         preview = None
         if first_view:
             start = time.perf_counter()
-            preview = out.render(0.0, self.elevation, size=self.video_size, shading=shading)  # = the orbit's frame 0
+            preview = out.render(0.0, self.elevation, size=self.video_size, shading=shading,
+                                 clean=not raw)  # = the orbit's frame 0
             timings["first view"] = time.perf_counter() - start
             yield GenerationResult(text, seed, None, None, None, preview, dict(timings), list(notes), [], model,
                                    stage="view")
         folder = self._request_folder()
         report(0.2, desc="orbit video")
         start = time.perf_counter()
-        frames, video = self._write_orbit(out, folder, shading)
+        frames, video = self._write_orbit(out, folder, shading, raw)
         timings["video"] = time.perf_counter() - start
         preview = frames[0] if preview is None else preview
         result = GenerationResult(text, seed, video, None, None, preview, dict(timings), list(notes), [], model,
@@ -261,7 +265,7 @@ class Instant3DService:
                                 result.preview, {"cached": 0.0}, list(result.notes), list(result.info), result.model)
 
     def render_view(self, prompt: str, seed: int, azimuth: float, elevation: float,
-                    model: str | None = None, shading: str | None = None) -> np.ndarray:
+                    model: str | None = None, shading: str | None = None, raw: bool = False) -> np.ndarray:
         """One 256^2 preview of the current object (fast path: the grid baked at generation is reused)."""
         if not prompt:
             raise UserError("Generate an object first, then turn it with the sliders.")
@@ -269,14 +273,16 @@ class Instant3DService:
         if next(self._views) % 16 == 0:  # views add Gradio cache entries too, without any request folder
             self.prune_gradio_cache()
         return self.output_for(prompt, int(seed), model).render(azimuth, elevation, size=self.video_size,
-                                                                shading=check_lighting(shading))
+                                                                shading=check_lighting(shading), clean=not raw)
 
-    def orbit_video(self, prompt: str, seed: int, model: str | None = None, shading: str | None = None) -> Path:
-        """A new orbit video of the current object (when the user switches the lighting), in a fresh folder."""
+    def orbit_video(self, prompt: str, seed: int, model: str | None = None, shading: str | None = None,
+                    raw: bool = False) -> Path:
+        """A new orbit video of the current object (when the user switches the lighting or the raw field), in a
+        fresh folder."""
         if not prompt:
             raise UserError("Generate an object first; the lighting applies to the current object.")
         out = self.output_for(prompt, int(seed), model)
-        return self._write_orbit(out, self._request_folder(), check_lighting(shading))[1]
+        return self._write_orbit(out, self._request_folder(), check_lighting(shading), bool(raw))[1]
 
     def reexport(self, prompt: str, seed: int, export_options: dict | None = None, model: str | None = None):
         """New GLB + OBJ zip of the current object with other settings, without regenerating it."""
@@ -287,9 +293,11 @@ class Instant3DService:
         return self._export(out, self._request_folder(), options)
 
     # -- helpers -------------------------------------------------------------------------------------------
-    def _write_orbit(self, out: Instant3DOutput, folder: Path, shading: str) -> tuple[list[np.ndarray], Path]:
+    def _write_orbit(self, out: Instant3DOutput, folder: Path, shading: str,
+                     raw: bool = False) -> tuple[list[np.ndarray], Path]:
         """The app's orbit of ``out`` (frames, and their MP4 in ``folder``)."""
-        frames = out.orbit_frames(self.video_frames, self.video_size, self.elevation, shading=shading)
+        frames = out.orbit_frames(self.video_frames, self.video_size, self.elevation, shading=shading,
+                                  clean=not raw)
         return frames, write_mp4(frames, folder / "orbit.mp4")
 
     @staticmethod

@@ -71,3 +71,11 @@ def fitted_snowman():
     field = TriplaneField(cfg.field, cfg.generator.triplane_channels)
     planes = fit_triplane(field, snowman(), cfg.generator.triplane_resolution, steps=150)
     return field.requires_grad_(False), planes
+
+
+@pytest.fixture(scope="session")
+def default_pipeline():
+    """The bundled default checkpoint, as the app and the README's commands load it."""
+    from instant3d.pipeline import Instant3DPipeline
+
+    return Instant3DPipeline.from_pretrained(device="cpu")

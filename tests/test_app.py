@@ -111,6 +111,19 @@ def test_lighting_changes_the_view_and_the_video_but_not_the_object(service):
         service.orbit_video("", 0)
 
 
+def test_the_raw_field_switch_shows_the_field_as_generated(service):
+    """By default the views show the object the GLB holds; the switch shows the raw field, haze and floaters
+    included (the tiny random model's objects are mostly haze, so the two differ)."""
+    clean_result = service.generate("a hazy cone", 4, FAST_EXPORT)
+    raw_result = service.generate("a hazy cone", 4, FAST_EXPORT, raw=True)
+    assert raw_result.video != clean_result.video and not np.array_equal(raw_result.preview, clean_result.preview)
+    clean = service.render_view("a hazy cone", 4, 30, 20)
+    raw = service.render_view("a hazy cone", 4, 30, 20, raw=True)
+    assert not np.array_equal(clean, raw)
+    assert np.array_equal(raw_result.preview, service.render_view("a hazy cone", 4, 0, service.elevation, raw=True))
+    assert service.orbit_video("a hazy cone", 4, raw=True).exists()
+
+
 def test_reexport_uses_new_settings_without_regenerating(service):
     service.generate("a green cone", 2, FAST_EXPORT)
     calls = []

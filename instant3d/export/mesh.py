@@ -27,6 +27,7 @@ from PIL import Image
 from scipy.ndimage import distance_transform_edt
 from skimage.measure import marching_cubes
 
+from instant3d.render.cleanup import auto_threshold
 from instant3d.render.color import linear_to_srgb, srgb_to_linear
 from instant3d.io.files import atomic_path
 
@@ -113,11 +114,6 @@ class _Timer:
         now = time.perf_counter()
         self.timings[name] = now - self._last
         self._last = now
-
-
-def auto_threshold(density: np.ndarray) -> float:
-    """Half the density the object's interior reaches (its 99.9th percentile): the soft edge's midpoint."""
-    return float(0.5 * np.percentile(density, 99.9))
 
 
 def extract_surface(source: DensitySource, opts: ExportOptions, timer: _Timer) -> tuple[trimesh.Trimesh, float]:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from scipy.ndimage import distance_transform_cdt
 
 from instant3d.render.cameras import Cameras, generate_rays, ray_box_intersect
+from instant3d.render.cleanup import auto_threshold, object_mask
 from instant3d.models.field import TriplaneField
 from instant3d.render.shading import DISPLAY_AMBIENT, lambert_factor, per_camera_lights
 
@@ -33,6 +34,7 @@ class BakedVolume:
     free_distance: torch.Tensor  # (G^3,) flattened (z, y, x); 0 inside or next to occupied voxels
     bound: float
     empty: bool
+    keep: torch.Tensor | None = None  # (z, y, x) bool: the cleaned object's voxels, if the bake was cleaned
 
     @classmethod
     def from_field(
@@ -42,14 +44,24 @@ class BakedVolume:
         resolution: int = 128,
         alpha: float | None = None,
         occupancy_threshold: float = 0.1,
+        clean: bool = False,
+        keep_fraction: float = 0.05,
     ) -> "BakedVolume":
         """Bake the field; voxels with density below ``occupancy_threshold`` (per world unit) count as empty.
+        With ``clean``, the density outside the object the export keeps (at the export's "auto" threshold, pieces
+        under ``keep_fraction`` of the largest dropped) is zeroed: no haze, no floaters
+        (``instant3d.render.cleanup``); ``keep`` then holds that mask.
 
         The threshold bounds what skipping can lose: a ray crossing the whole box through such fog would
         gather at most 1 - exp(-0.1 * 3.5) = 30 % opacity in theory; in practice such fog is a thin shell
         around the surface and the preview stays > 40 dB from the full renderer (bench/inference.py).
         """
         grid = field.bake(planes, resolution, alpha=alpha)
+        keep = None
+        if clean:
+            density = grid[0].cpu().numpy()
+            keep = torch.from_numpy(object_mask(density, auto_threshold(density), keep_fraction))
+            grid[0] *= keep.to(grid)
         occupied = (grid[0] > occupancy_threshold).cpu().numpy()
         empty = not occupied.any()
         voxel = 2 * field.cfg.bound / resolution
@@ -64,10 +76,11 @@ class BakedVolume:
         box_min, box_max = _occupied_box(occupied, field.cfg.bound, margin=2)
         return cls(grid=grid[None].contiguous(), resolution=resolution, box_min=box_min.to(grid.device),
                    box_max=box_max.to(grid.device), free_distance=free.to(grid.device), bound=field.cfg.bound,
-                   empty=empty)
+                   empty=empty, keep=keep)
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.grid, self.free_distance))
+        keep = self.keep.numel() if self.keep is not None else 0  # bool: a byte a voxel
+        return keep + sum(t.numel() * t.element_size() for t in (self.grid, self.free_distance))
 
     def normals(self, points: torch.Tensor) -> torch.Tensor:
         """Unit normals -grad(density) at world points (N, 3) by central differences of the trilinear density,

@@ -20,6 +20,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import functools  # noqa: E402
+import inspect  # noqa: E402
 import ipaddress  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
@@ -77,6 +78,17 @@ def friendly_errors(action: str):
             return gr.Error(f"Sorry, {action} failed on the server ({type(exc).__name__}). Try again; if it "
                             "fails again, try another prompt or seed. The details are in the server's log.")
 
+        if inspect.isgeneratorfunction(handler):  # a streaming handler: its errors surface while iterating
+            @functools.wraps(handler)
+            def stream(*args, **kwargs):
+                try:
+                    yield from handler(*args, **kwargs)
+                except gr.Error:
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    raise report(exc) from None
+            return stream
+
         @functools.wraps(handler)
         def function(*args, **kwargs):
             try:
@@ -95,22 +107,48 @@ def build_app(service: Instant3DService, model_concurrency: int = 1, export_defa
     ``export_defaults`` overrides the export settings the page starts with."""
     defaults = {**DEFAULT_EXPORT, **(export_defaults or {})}
 
+    def page_result(result, with_files: bool = True):
+        """The outputs list for a (partial) result; outputs not ready yet are skipped (left as they are)."""
+        current = {"prompt": result.prompt, "seed": result.seed, "model": result.model}
+        timings = format_timings(result.timings, result.notes + result.info)
+        video = str(result.video) if result.video else gr.skip()
+        if not with_files or result.stage != "done":
+            return video, gr.skip(), gr.skip(), gr.skip(), timings, result.preview, current, 0, service.elevation
+        for note in result.notes:
+            gr.Warning(note)
+        glb = str(result.glb) if result.glb else None
+        obj_zip = str(result.obj_zip) if result.obj_zip else None
+        return video, glb, glb, obj_zip, timings, result.preview, current, 0, service.elevation
+
     @friendly_errors("generating the object")
     def generate(prompt, seed, settings, model, shading, raw=False, progress=gr.Progress()):
-        # One result, not the service's progressive stages: yielding the first view before the rest left the 3D
-        # view's canvas unmounted in Chromium (the browser test); to be solved before the app streams.
+        """The whole object in one call (the API's "generate", for scripts)."""
         try:
             result = service.generate(prompt, seed, settings, progress=progress, model=model, shading=shading,
                                       raw=raw)
         except UserError as exc:
             raise gr.Error(str(exc)) from None
-        for note in result.notes:
-            gr.Warning(note)
-        current = {"prompt": result.prompt, "seed": result.seed, "model": result.model}
-        timings = format_timings(result.timings, result.notes + result.info)
-        glb = str(result.glb) if result.glb else None
-        obj_zip = str(result.obj_zip) if result.obj_zip else None
-        return str(result.video), glb, glb, obj_zip, timings, result.preview, current, 0, service.elevation
+        return page_result(result)
+
+    # The page streams a request as three chained events, each returning once: the front view as soon as the
+    # triplane exists, then the orbit video, then the 3D view and the downloads. (A streaming generator handler
+    # left the 3D view's canvas unmounted in Chromium, whatever the early yields held; chained events do not.)
+    @friendly_errors("generating the object")
+    def start(prompt, seed, settings, model, shading, raw=False):
+        try:
+            job, result = service.start_job(prompt, seed, settings, model=model, shading=shading, raw=raw)
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+        return (job, *page_result(result, with_files=False))
+
+    @friendly_errors("making the orbit video")
+    def next_stage(job, with_files: bool):
+        if not job:  # the first stage failed: nothing to continue
+            return (gr.skip(),) * 9
+        try:
+            return page_result(service.advance_job(job), with_files)
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
 
     @friendly_errors("rendering the view")
     def render_view(azimuth, elevation, current, shading, raw=False):
@@ -155,6 +193,7 @@ def build_app(service: Instant3DService, model_concurrency: int = 1, export_defa
         chosen_model = gr.State(service.default_model)
         chosen_lighting = gr.State("lit")
         chosen_raw = gr.State(False)
+        job = gr.State("")
         gr.Markdown("## instant3d: text to 3D in one forward pass\nType a prompt and press **Generate**. "
                     "Drag the sliders to turn the object; download the GLB or the OBJ zip.")
         with gr.Row():
@@ -205,8 +244,12 @@ def build_app(service: Instant3DService, model_concurrency: int = 1, export_defa
         outputs = [video, model3d, glb_file, obj_file, timings, view, current, azimuth, elevation]
         model_queue = dict(concurrency_id="model", concurrency_limit=model_concurrency)
         generate_inputs = [prompt, seed, settings, chosen_model, chosen_lighting, chosen_raw]
-        run.click(generate, generate_inputs, outputs, api_name="generate", **model_queue)
-        prompt.submit(generate, generate_inputs, outputs, api_visibility="private", **model_queue)
+        for trigger in (run.click, prompt.submit):
+            trigger(start, generate_inputs, [job, *outputs], api_visibility="private", **model_queue).success(
+                lambda j: next_stage(j, False), job, outputs, api_visibility="private", **model_queue).success(
+                lambda j: next_stage(j, True), job, outputs, api_visibility="private", **model_queue)
+        whole = gr.Button(visible=False)  # the API's one-call "generate" (scripts, gradio_client)
+        whole.click(generate, generate_inputs, outputs, api_name="generate", **model_queue)
         view_queue = dict(show_progress="hidden", trigger_mode="always_last", concurrency_id="view",
                           concurrency_limit=2)
         view_inputs = [azimuth, elevation, current, chosen_lighting, chosen_raw]

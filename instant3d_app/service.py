@@ -120,6 +120,7 @@ class Instant3DService:
         self._lock = threading.Lock()
         self._requests: list[Path] = []
         self._results: OrderedDict[tuple, GenerationResult] = OrderedDict()
+        self._jobs: OrderedDict[str, dict] = OrderedDict()  # streamed requests the page advances stage by stage
 
     # -- models ---------------------------------------------------------------------------------------------
     @property
@@ -250,6 +251,35 @@ class Instant3DService:
             while len(self._results) > max(1, self.keep_requests // 2):
                 self._results.popitem(last=False)
         yield result
+
+    # -- streaming to the page, one event per stage ------------------------------------------------------------
+    MAX_JOBS = 16  # unfinished streamed requests kept (a page that stops asking leaves one behind)
+
+    def start_job(self, prompt, seed, export_options: dict | None = None, model: str | None = None,
+                  shading: str | None = None, raw: bool = False) -> tuple[str, GenerationResult]:
+        """The first stage of a streamed request: (job id, the front view). The page then calls ``advance_job``
+        for the orbit video and for the files. Input errors raise here, before any job exists."""
+        stream = self.generate_progressively(prompt, seed, export_options, None, model, shading, raw=raw)
+        first = next(stream)
+        job = uuid.uuid4().hex
+        with self._lock:
+            self._jobs[job] = {"stream": stream, "last": first, "lock": threading.Lock()}
+            while len(self._jobs) > self.MAX_JOBS:
+                _, old = self._jobs.popitem(last=False)
+                old["stream"].close()
+        return job, first
+
+    def advance_job(self, job: str) -> GenerationResult:
+        """The job's next stage ("video", then "done"); a finished job keeps returning its whole result."""
+        with self._lock:
+            entry = self._jobs.get(job)
+        if entry is None:
+            raise UserError("This request is no longer running (the server restarted or it was replaced by newer "
+                            "ones). Press Generate again.")
+        with entry["lock"]:  # one stage at a time per job
+            if entry["last"].stage != "done":
+                entry["last"] = next(entry["stream"])
+            return entry["last"]
 
     def _cached_result(self, key) -> GenerationResult | None:
         """A finished result for the same prompt, seed and export settings, if its files are still on disk."""

@@ -111,6 +111,24 @@ def test_lighting_changes_the_view_and_the_video_but_not_the_object(service):
         service.orbit_video("", 0)
 
 
+def test_a_streamed_request_comes_in_stages(service):
+    """The page's three chained events: the view first (no files yet), then the video, then the files; the same
+    request again is whole at once (cached), and an unknown job gets a message, not a traceback."""
+    job, first = service.start_job("a yellow torus", 6, FAST_EXPORT)
+    assert first.stage == "view" and first.preview is not None and first.video is None and first.glb is None
+    video = service.advance_job(job)
+    assert video.stage == "video" and video.video.exists() and video.glb is None
+    done = service.advance_job(job)
+    assert done.stage == "done" and done.glb.exists() and done.obj_zip.exists() and done.video == video.video
+    assert service.advance_job(job) is done  # a finished job keeps its result
+    job, again = service.start_job("a yellow torus", 6, FAST_EXPORT)
+    assert again.stage == "done" and again.glb == done.glb
+    with pytest.raises(UserError, match="Press Generate again"):
+        service.advance_job("no-such-job")
+    with pytest.raises(UserError):
+        service.start_job("", 6, FAST_EXPORT)
+
+
 def test_the_raw_field_switch_shows_the_field_as_generated(service):
     """By default the views show the object the GLB holds; the switch shows the raw field, haze and floaters
     included (the tiny random model's objects are mostly haze, so the two differ)."""

@@ -57,13 +57,13 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def default_model_rows() -> list[tuple[str, str, str]]:
-    """Per prompt, on the bundled default: prompt -> triplane (nothing cached), the preview bake, one lit 256^2
-    frame, the 48-frame lit orbit video, the GLB. Median, worst and median / budget."""
-    from bench.prompts import BENCH_PROMPTS
-    from instant3d.pipeline import Instant3DPipeline
+STAGE_BUDGETS = {"prompt -> triplane": 0.03, "one 256^2 lit frame": 0.06, "48-frame 256^2 lit orbit video": 3.0,
+                 "GLB (default export, threshold auto)": 1.5}
 
-    pipe = Instant3DPipeline.from_pretrained(device="cpu")
+
+def stage_times(pipe, prompts, frames: int = 48) -> dict[str, list[float]]:
+    """Seconds per stage and prompt, as the app runs them: prompt -> triplane (nothing cached), the preview bake
+    (the cleaned object), one lit 256^2 frame, the lit orbit video, the GLB (threshold auto)."""
     pipe("warm up", seed=0)
     times: dict[str, list[float]] = {}
 
@@ -71,7 +71,7 @@ def default_model_rows() -> list[tuple[str, str, str]]:
         times.setdefault(name, []).append(time.perf_counter() - start)
 
     with tempfile.TemporaryDirectory() as tmp:
-        for prompt in BENCH_PROMPTS:
+        for prompt in prompts:
             pipe.cache.clear()
             start = time.perf_counter()
             out = pipe(prompt, seed=0)
@@ -83,13 +83,23 @@ def default_model_rows() -> list[tuple[str, str, str]]:
             out.render(30, 15, size=256, shading="lit")
             mark("one 256^2 lit frame", start)
             start = time.perf_counter()
-            out.orbit_video(Path(tmp) / "orbit.mp4", frames=48, size=256, shading="lit")
-            mark("48-frame 256^2 lit orbit video", start)
+            out.orbit_video(Path(tmp) / "orbit.mp4", frames=frames, size=256, shading="lit")
+            mark(f"{frames}-frame 256^2 lit orbit video", start)
             start = time.perf_counter()
             out.export_glb(Path(tmp) / "model.glb", threshold="auto")
             mark("GLB (default export, threshold auto)", start)
-    budgets = {"prompt -> triplane": 0.03, "one 256^2 lit frame": 0.06, "48-frame 256^2 lit orbit video": 3.0,
-               "GLB (default export, threshold auto)": 1.5}
+    return times
+
+
+def default_model_rows() -> list[tuple[str, str, str]]:
+    """Per prompt, on the bundled default: prompt -> triplane (nothing cached), the preview bake, one lit 256^2
+    frame, the 48-frame lit orbit video, the GLB. Median, worst and median / budget."""
+    from bench.prompts import BENCH_PROMPTS
+    from instant3d.pipeline import Instant3DPipeline
+
+    pipe = Instant3DPipeline.from_pretrained(device="cpu")
+    times = stage_times(pipe, BENCH_PROMPTS)
+    budgets = STAGE_BUDGETS
     rows = []
     for name, values in times.items():
         median, worst, budget = statistics.median(values), max(values), budgets.get(name)

@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-from bench.inference import cpu_name
+from bench.inference import STAGE_BUDGETS, cpu_name, stage_times
 
 
 def sd21_sized_text_encoder():
@@ -62,32 +60,7 @@ def main(argv=None) -> int:
     pipe = Instant3DPipeline(model, encoder, device="cpu")
     setup = time.perf_counter() - start
     rss_setup = peak_rss_gib()
-    pipe("warm up", seed=0)
-    times: dict[str, list[float]] = {}
-
-    def mark(name, since):
-        times.setdefault(name, []).append(time.perf_counter() - since)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        for prompt in BENCH_PROMPTS[: args.prompts]:
-            pipe.cache.clear()
-            t = time.perf_counter()
-            out = pipe(prompt, seed=0)
-            mark("prompt -> triplane", t)
-            t = time.perf_counter()
-            _ = out.baked  # the property bakes on first use
-            mark("bake preview grid", t)
-            t = time.perf_counter()
-            out.render(30, 15, size=256, shading="lit")
-            mark("one 256^2 lit preview frame", t)
-            t = time.perf_counter()
-            out.orbit_video(Path(tmp) / "orbit.mp4", frames=args.frames, size=256, shading="lit")
-            mark(f"{args.frames}-frame 256^2 lit orbit video", t)
-            t = time.perf_counter()
-            out.export_glb(Path(tmp) / "model.glb", threshold="auto")
-            mark("GLB (default export, threshold auto)", t)
-    budgets = {"prompt -> triplane": 0.03, "one 256^2 lit preview frame": 0.06,
-               f"{args.frames}-frame 256^2 lit orbit video": 3.0, "GLB (default export, threshold auto)": 1.5}
+    times = stage_times(pipe, BENCH_PROMPTS[: args.prompts], args.frames)
     print(f"Paper-size model (the `official` preset, random weights), {cpu_name()}, "
           f"{torch.get_num_threads()} threads, {args.prompts} prompts\n")
     print("| stage | median | worst | median / the small default's budget |")
@@ -95,7 +68,7 @@ def main(argv=None) -> int:
     print(f"| load: build the model + an SD 2.1-sized text encoder (random) | {setup:.1f} s | | |")
     for name, values in times.items():
         median, worst = statistics.median(values), max(values)
-        budget = budgets.get(name)
+        budget = STAGE_BUDGETS.get(name)
         print(f"| {name} | {median:.2f} s | {worst:.2f} s | {median / budget:.0f}x |" if budget else
               f"| {name} | {median:.2f} s | {worst:.2f} s | |")
     print(f"| peak memory (RSS) | {peak_rss_gib():.2f} GiB | | after loading: {rss_setup:.2f} GiB |")

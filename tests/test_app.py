@@ -535,3 +535,54 @@ def test_generate_cli_writes_a_folder_per_prompt_and_skips_bad_ones(tiny_checkpo
     assert validate(glb_folder / "model.glb")["issues"]["numErrors"] == 0
     with pytest.raises(SystemExit):
         generate(["--out", str(out), "--checkpoint", str(tiny_checkpoint)])  # no prompt at all
+
+
+@pytest.mark.slow
+def test_the_default_model_streams_to_a_browser(default_pipeline, tmp_path):
+    """The bundled default at the app's real settings (48-frame 256^2 lit orbit, default export), in Chromium: the
+    front view appears within 1 s of the click on a new prompt, then the video plays, then the 3D view draws.
+    Prints the three times."""
+    import time
+
+    from playwright.sync_api import sync_playwright
+
+    import app as app_module
+
+    service = Instant3DService(default_pipeline, tmp_path / "out")
+    blocks = app_module.build_app(service)
+    port = _free_port()
+    app_module.launch(blocks, service, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                      share=False)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium",
+                                         args=["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"])
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1100})
+                page.goto(f"http://127.0.0.1:{port}/")
+                times = {}
+                for prompt in ["a green cone", "a yellow duck with an orange beak"]:  # the first warms the page up
+                    page.locator("#prompt textarea").fill(prompt)
+                    page.wait_for_timeout(300)
+                    old_view = page.evaluate("() => (document.querySelector('#view img') || {}).src || ''")
+                    old_video = page.evaluate("() => (document.querySelector('#orbit video') || {}).currentSrc || ''")
+                    old_glb = page.evaluate("() => (document.querySelector('#glb_file a') || {}).href || ''")
+                    start = time.perf_counter()
+                    page.locator("#generate").click()
+                    page.wait_for_function("(old) => { const i = document.querySelector('#view img');"
+                                           " return i && i.src && i.src !== old; }", arg=old_view, timeout=30_000)
+                    times["first view"] = time.perf_counter() - start
+                    page.wait_for_function("(old) => { const v = document.querySelector('#orbit video');"
+                                           " return v && v.currentSrc && v.currentSrc !== old && v.readyState >= 2; }",
+                                           arg=old_video, timeout=60_000)
+                    times["video playing"] = time.perf_counter() - start
+                    page.wait_for_function("(old) => { const a = document.querySelector('#glb_file a');"
+                                           " return a && a.href !== old && document.querySelector('#model3d canvas'); }",
+                                           arg=old_glb, timeout=60_000)
+                    times["3D view and downloads"] = time.perf_counter() - start
+                print("default model in Chromium, seconds after the click:", {k: round(v, 2) for k, v in times.items()})
+                assert times["first view"] <= 1.0, times
+            finally:
+                browser.close()
+    finally:
+        blocks.close()

@@ -30,7 +30,7 @@ from pathlib import Path  # noqa: E402
 import gradio as gr  # noqa: E402
 
 from instant3d.export.mesh import MAX_RESOLUTION, ExportOptions  # noqa: E402
-from instant3d.pipeline import MAX_SEED, Instant3DPipeline  # noqa: E402
+from instant3d.pipeline import MAX_FRAMES, MAX_SEED, Instant3DPipeline  # noqa: E402
 from instant3d.registry import ASSETS, bundled_checkpoints  # noqa: E402
 from instant3d_app.service import Instant3DService, UserError, format_timings, random_seed  # noqa: E402
 from instant3d.render.shading import SHADINGS  # noqa: E402
@@ -278,6 +278,9 @@ def parse_args(argv=None):
     parser.add_argument("--concurrency", type=int, default=1, help="model jobs at once (default 1 on 2 CPU cores)")
     parser.add_argument("--queue-size", type=int, default=64,
                         help="requests waiting at most; beyond it a user is told the app is busy (default 64)")
+    parser.add_argument("--video-frames", type=int, default=48,
+                        help="frames of the orbit video (default 48; fewer keep a paper-size model quick on a CPU)")
+    parser.add_argument("--video-size", type=int, default=256, help="orbit video and view size in pixels")
     login = parser.add_mutually_exclusive_group()
     login.add_argument("--auth", default=None, metavar="USER:PASSWORD", help="ask for this user name and password")
     login.add_argument("--auth-file", type=Path, default=None,
@@ -289,6 +292,8 @@ def parse_args(argv=None):
         parser.error(str(exc))
     if args.queue_size < 1 or args.concurrency < 1:
         parser.error("--queue-size and --concurrency must be at least 1")
+    if not 2 <= args.video_frames <= MAX_FRAMES or not 64 <= args.video_size <= 1024:
+        parser.error(f"--video-frames must be from 2 to {MAX_FRAMES} and --video-size from 64 to 1024")
     return args
 
 
@@ -342,7 +347,8 @@ def make_service(args) -> Instant3DService:
     # the app's own subfolder: it is served and pruned, so nothing else in --output-dir is ever exposed or touched
     output = (args.output_dir.resolve() / "instant3d-app") if args.output_dir else Path(
         tempfile.mkdtemp(prefix="instant3d-app-"))
-    return Instant3DService(pipeline, output, name=name, alternatives=bundled_checkpoints())
+    return Instant3DService(pipeline, output, video_frames=args.video_frames, video_size=args.video_size, name=name,
+                            alternatives=bundled_checkpoints())
 
 
 def launch(app: gr.Blocks, service: Instant3DService, queue_size: int = 64, **options):

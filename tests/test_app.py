@@ -370,7 +370,10 @@ def test_credentials_and_the_exposure_warning(tmp_path):
     secrets = tmp_path / "users.txt"
     secrets.write_text("# who may use it\nann:one\nbob:two\n")
     assert app_module.parse_args(["--auth-file", str(secrets)]).credentials == [("ann", "one"), ("bob", "two")]
-    for bad in (["--auth", "ann"], ["--auth", ":pw"], ["--auth-file", str(tmp_path / "none.txt")]):
+    assert (app_module.parse_args(["--video-frames", "12"]).video_frames, app_module.parse_args([]).video_size) == \
+        (12, 256)
+    for bad in (["--auth", "ann"], ["--auth", ":pw"], ["--auth-file", str(tmp_path / "none.txt")],
+                ["--video-frames", "1"], ["--video-size", "5000"]):
         with pytest.raises(SystemExit):
             app_module.parse_args(bad)
     warn = app_module.exposure_warning

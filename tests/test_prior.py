@@ -201,5 +201,7 @@ def test_prior_eval_prints_its_table_and_writes_the_grid(tmp_path, monkeypatch, 
     assert all(0 <= r["r_precision"] <= 1 for r in rows)
     assert [r["view_accuracy"] for r in rows if "view_accuracy" in r] == [r["view_accuracy"] for r in rows[1:3]]
     assert all(0 <= r["view_accuracy"] <= 1 for r in rows if "view_accuracy" in r)
+    for r in (r for r in rows if "view_accuracy" in r):  # the overall share is the mean of the two sides'
+        assert abs(r["view_accuracy"] - (r["view_front"] + r["view_back"]) / 2) < 1e-9
     image = Image.open(grid)
     assert image.size == (300 + 2 * 16 * 3, 36 + len(prior_eval.GRID_PROMPTS) * 16 * 3)

@@ -94,15 +94,18 @@ def ground_truth_front(prompts: list[str], size: int, seed: int = 0) -> torch.Te
     return torch.stack(images)
 
 
-def view_accuracy(guidance, judge, prompts: list[str], cfg: float, samples: int, steps: int) -> float:
+def view_accuracy(guidance, judge, prompts: list[str], cfg: float, samples: int, steps: int) -> dict[str, float]:
     """Share of ", front view" / ", back view" samples (the same noise for both) that the view judge, trained on
-    ground-truth renders, puts on the side their caption names (chance 0.5)."""
-    hits = []
+    ground-truth renders, puts on the side their caption names (chance 0.5), overall and per side: a prior that
+    draws every object from the back scores 1 on "back" and 0 on "front"."""
+    fronts, backs = [], []
     for seed in range(samples):
         front = sample(guidance, [p + ", front view" for p in prompts], cfg, steps, seed)
         back = sample(guidance, [p + ", back view" for p in prompts], cfg, steps, seed)
-        hits += judged_front(judge, front).float().tolist() + (~judged_front(judge, back)).float().tolist()
-    return sum(hits) / len(hits)
+        fronts += judged_front(judge, front).float().tolist()
+        backs += (~judged_front(judge, back)).float().tolist()
+    return {"all": (sum(fronts) + sum(backs)) / (len(fronts) + len(backs)), "front": sum(fronts) / len(fronts),
+            "back": sum(backs) / len(backs)}
 
 
 def save_grid(guidance, path: Path, cfgs: list[float], steps: int, seed: int = 0, scale: int = 3) -> None:
@@ -176,9 +179,11 @@ def main(argv=None) -> int:
                                                    seed), prompts, queries) for seed in range(args.samples)]
                 row.update(r_precision=sum(scores) / len(scores), per_seed=scores)
             if split == "held-out":
-                row["view_accuracy"] = view_accuracy(guidance, judge, fronts, cfg, args.samples, args.steps)
+                views = view_accuracy(guidance, judge, fronts, cfg, args.samples, args.steps)
+                row.update(view_accuracy=views["all"], view_front=views["front"], view_back=views["back"])
             report["rows"].append(row)
-            view = f"{row['view_accuracy']:.3f}" if "view_accuracy" in row else ""
+            view = (f"{row['view_accuracy']:.3f} (front {row['view_front']:.2f}, back {row['view_back']:.2f})"
+                    if "view_accuracy" in row else "")
             print(f"| {split} | {cfg:g} | {row.get('r_precision', float('nan')):.3f} | {view} | "
                   f"{len(prompts)} x {args.samples} |", flush=True)
     if not args.no_classifier and not args.views_only:

@@ -99,6 +99,63 @@ def test_sds_gradient_has_the_sign_and_scale_of_w_times_eps_hat_minus_eps(pixel_
     assert torch.allclose(images.grad, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("estimator", ["csd", "nfsd", "asd"])
+def test_each_score_estimator_matches_its_closed_form(pixel_prior, estimator):
+    """With a mocked UNet: grad = w(t) (eps_hat - baseline), the baseline being the unconditional prediction
+    (CSD), 0 below t = 200 and the unconditional prediction above (NFSD, no negative prompt), or the conditional
+    prediction at the later timestep t + floor(0.1 (t - t_min) u) of the same noise (ASD)."""
+    g = DiffusionGuidance.from_folder(pixel_prior, perp_neg="none", guidance_scale=7.5, estimator=estimator)
+    images = torch.rand(2, 3, 16, 16, requires_grad=True)
+    noise = torch.randn(2, 3, 16, 16)
+    eps_cond, eps_uncond = torch.full_like(noise, 0.3), torch.full_like(noise, -0.1)
+
+    def fake_unet(x_t, t, emb):
+        if x_t.shape[0] == 4:  # the guided pair: conditional, then unconditional
+            return torch.cat([eps_cond, eps_uncond])
+        return 0.5 * x_t + t.view(-1, 1, 1, 1).float() / 1000  # ASD's second call: depends on x_t' and t'
+
+    g.predict_noise = fake_unet
+    t, u = torch.tensor([100, 700]), torch.tensor([0.5, 1.0])
+    out = g.sds(images, ["a cat", "a dog"], [0, 0], [0, 0], noise=noise, timesteps=t, later_fraction=u)
+    out.loss.backward()
+    abar = g.alphas_cumprod
+    x = images.detach() * 2 - 1
+    eps_hat = eps_uncond + 7.5 * (eps_cond - eps_uncond)
+    if estimator == "csd":
+        baseline = eps_uncond
+    elif estimator == "nfsd":
+        baseline = torch.stack([torch.zeros_like(eps_uncond[0]), eps_uncond[1]])  # t = 100 < 200, t = 700
+    else:
+        later = torch.tensor([100 + 4, 700 + 68])  # floor(0.1 * (t - 20) * u), t_min = 0.02 * 1000
+        a = abar[later].view(-1, 1, 1, 1)
+        baseline = 0.5 * (a.sqrt() * x + (1 - a).sqrt() * noise) + later.view(-1, 1, 1, 1).float() / 1000
+    expected = (1 - abar[t]).view(-1, 1, 1, 1) * (eps_hat - baseline)
+    assert torch.allclose(images.grad, expected, atol=1e-5)
+
+
+def test_nfsd_removes_a_negative_prompts_prediction_above_t_200(pixel_prior):
+    g = DiffusionGuidance.from_folder(pixel_prior, perp_neg="none", guidance_scale=7.5, estimator="nfsd",
+                                      negative_prompt="blurry")
+    images = torch.rand(1, 3, 16, 16, requires_grad=True)
+    eps_cond, eps_uncond, eps_neg = (torch.full((1, 3, 16, 16), v) for v in (0.3, -0.1, 0.2))
+    g.predict_noise = lambda x_t, t, emb: torch.cat([eps_cond, eps_uncond]) if x_t.shape[0] == 2 else eps_neg
+    t = torch.tensor([600])
+    g.sds(images, ["a cat"], [0], [0], noise=torch.zeros(1, 3, 16, 16), timesteps=t).loss.backward()
+    expected = 2 * (1 - g.alphas_cumprod[t]) * (eps_uncond + 7.5 * (eps_cond - eps_uncond) - eps_neg)  # dx/dimage = 2
+    assert torch.allclose(images.grad, expected.expand_as(images.grad), atol=1e-5)
+
+
+def test_timestep_annealing_lowers_the_largest_timestep(pixel_prior):
+    g = DiffusionGuidance.from_folder(pixel_prior, perp_neg="none")
+    gen = torch.Generator().manual_seed(0)
+    g.predict_noise = lambda x_t, t, emb: torch.zeros_like(x_t)
+    drawn = torch.cat([g.sds(torch.rand(8, 3, 16, 16), ["a cat"] * 8, [0] * 8, [0] * 8, generator=gen,
+                             t_max=0.3).timesteps for _ in range(20)])
+    assert drawn.max() <= 300 and drawn.min() >= 20 and drawn.max() > 250
+    with pytest.raises(PriorError, match="estimator must be one of"):
+        DiffusionGuidance.from_folder(pixel_prior, estimator="vsd")
+
+
 # -- Perp-Neg -----------------------------------------------------------------------------------------------------
 def test_perp_neg_matches_a_float64_reference():
     rng = np.random.default_rng(0)
@@ -500,6 +557,26 @@ def test_lr_schedule_resumes_at_the_current_step(tmp_path):
         load_config(SMOKE, ['optim.lr_schedule="cosinus"'])
     with pytest.raises(ValueError, match="needs a schedule with warm-up"):
         load_config(SMOKE, ["optim.warmup_steps=10"])
+
+
+def test_an_sds_run_with_asd_and_annealed_timesteps(tmp_path):
+    """The estimator and the annealing reach the guidance from the config, and the run trains: t_max falls
+    linearly from prior.t_max to prior.t_max_final over the run; bad values are refused before anything loads."""
+    from training.trainer import Trainer
+
+    trainer = Trainer(load_config(SMOKE, [f'run.output_dir="{tmp_path}"', "prompts.validation=[]", "optim.steps=4",
+                                          'prior.estimator="asd"', "prior.t_max_final=0.5"]))
+    assert trainer.guidance.estimator == "asd"
+    assert trainer.annealed_t_max() == pytest.approx(trainer.cfg.prior.t_max)
+    trainer.step = 2
+    assert trainer.annealed_t_max() == pytest.approx((trainer.cfg.prior.t_max + 0.5) / 2)
+    trainer.step = 0
+    trainer.train()
+    assert trainer.step == 4
+    with pytest.raises(ValueError, match="prior.t_max_final must lie in"):
+        load_config(SMOKE, ["prior.t_max_final=0.01"])
+    with pytest.raises(ValueError, match="prior.estimator must be one of"):
+        load_config(SMOKE, ['prior.estimator="vsd"'])
 
 
 def test_opacity_entropy_matches_the_binary_entropy_in_float64(tmp_path):

@@ -34,6 +34,9 @@ class PriorSection:
     t_min: float = 0.02
     t_max: float = 0.98
     perp_neg: str = "adaptive"  # none | fixed | adaptive
+    estimator: str = "sds"  # sds | csd | nfsd | asd (training/guidance.py says what each compares)
+    negative_prompt: str = ""  # nfsd only: the prompt whose prediction is removed above t = 200
+    t_max_final: float = 0.0  # timestep annealing: t_max falls linearly to this over optim.steps (0: off)
     w_min: float = 0.5  # adaptive Perp-Neg: negative weights x (w_min + C * w_delta)
     w_delta: float = 1.5
     half_precision: bool = True  # GPU only
@@ -164,6 +167,14 @@ def check_config(cfg: TrainConfig) -> None:
     if o.warmup_steps and o.lr_schedule == "constant":
         raise ValueError('optim.warmup_steps > 0 needs a schedule with warm-up, e.g. '
                          'optim.lr_schedule="constant_with_warmup" or "cosine"')
+    p = cfg.prior
+    if p.t_max_final and not p.t_min < p.t_max_final <= p.t_max:
+        raise ValueError(f"prior.t_max_final must lie in (t_min, t_max] = ({p.t_min}, {p.t_max}], or be 0 (no "
+                         f"annealing); got {p.t_max_final}")
+    from .guidance import ESTIMATORS
+
+    if p.estimator not in ESTIMATORS:
+        raise ValueError(f"prior.estimator must be one of {list(ESTIMATORS)}, got {p.estimator!r}")
     ob = cfg.objective
     if ob.mode == "supervised" and (ob.opacity_entropy or ob.opacity_sparsity or ob.depth_variance):
         raise ValueError("objective.opacity_entropy / opacity_sparsity / depth_variance apply to SDS only; the "

@@ -6,6 +6,15 @@ for latent models such as SD 2.1, ``vae/``. Without ``vae/`` (our toy-world prio
 SDS (paper Eq. 2-4): x_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps; eps_hat from classifier-free guidance or
 (adaptive) Perp-Neg; grad = w(t) (eps_hat - eps) with w(t) = 1 - abar_t, injected at x with the UNet's
 Jacobian skipped (the loss 0.5 ||x - sg(x - grad)||^2 has exactly that gradient).
+
+The score estimator is a choice (``estimator``); each replaces what eps_hat is compared with:
+- "sds": eps_hat - eps (the paper);
+- "csd", classifier-score distillation (Yu et al. 2023): eps_hat - eps_uncond, the guidance term alone;
+- "nfsd", noise-free score distillation (Katzir et al. 2023): eps_hat - eps_uncond + delta_D, where delta_D is
+  eps_uncond below t = 200 and eps_uncond - eps_negative above (eps_negative: a negative prompt's prediction;
+  with no negative prompt, delta_D is 0 there);
+- "asd", asynchronous score distillation (ScaleDreamer, Ma et al. 2024): eps_hat(x_t, t) - eps_cond(x_t', t')
+  with the same noise at a later t' = t + 0.1 (t - t_min) u, u ~ U(0, 1): one extra UNet call.
 """
 
 from __future__ import annotations
@@ -21,6 +30,8 @@ from instant3d.models.text_encoder import TextEncoder, quiet_transformers
 from .perpneg import VIEW_SUFFIXES, perp_neg_guidance, view_blend
 
 VIEWS = ("front", "side", "back", "overhead")
+ESTIMATORS = ("sds", "csd", "nfsd", "asd")
+NFSD_SMALL_T = 200  # NFSD: below this timestep the unconditional prediction alone is taken as the noise
 
 
 class PriorError(ValueError):
@@ -38,9 +49,13 @@ class DiffusionGuidance:
     """A frozen diffusion model that scores renders of an object against a prompt (SDS)."""
 
     def __init__(self, unet, scheduler, text_encoder: TextEncoder, vae=None, guidance_scale: float = 100.0,
-                 t_range=(0.02, 0.98), perp_neg: str = "adaptive", half_precision: bool = True):
+                 t_range=(0.02, 0.98), perp_neg: str = "adaptive", half_precision: bool = True,
+                 estimator: str = "sds", negative_prompt: str = ""):
         if perp_neg not in ("none", "fixed", "adaptive"):
             raise PriorError(f"perp_neg must be 'none', 'fixed' or 'adaptive', got {perp_neg!r}")
+        if estimator not in ESTIMATORS:
+            raise PriorError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+        self.estimator, self.negative_prompt = estimator, negative_prompt
         if not 0 <= t_range[0] < t_range[1] <= 1:
             raise PriorError(f"t_range must satisfy 0 <= t_min < t_max <= 1, got {t_range}")
         self.device = next(unet.parameters()).device
@@ -124,16 +139,20 @@ class DiffusionGuidance:
         return out
 
     def sds(self, images, prompts, azimuth, elevation, negative_scale=None, generator=None, noise=None,
-            timesteps=None) -> SDSOutput:
+            timesteps=None, t_max: float | None = None, later_fraction=None) -> SDSOutput:
         """SDS loss for sRGB renders (B, 3, H, W) of ``prompts`` seen from (azimuth, elevation) (degrees).
 
         ``negative_scale`` (B,) multiplies the Perp-Neg weights (adaptive Perp-Neg: w_min + C dw).
-        ``noise``/``timesteps`` may be given (tests); otherwise they are drawn from ``generator``.
+        ``t_max`` (a fraction, as ``t_range``) lowers the largest timestep drawn (timestep annealing).
+        ``noise``/``timesteps`` (and ASD's ``later_fraction`` u, (B,)) may be given (tests); otherwise they are
+        drawn from ``generator``.
         """
         b = images.shape[0]
         x = self.encode_images(images)
         if timesteps is None:
-            timesteps = torch.randint(self.t_min, self.t_max + 1, (b,), generator=generator)
+            n = self.scheduler.config.num_train_timesteps
+            high = self.t_max if t_max is None else max(self.t_min, min(self.t_max, int(t_max * n)))
+            timesteps = torch.randint(self.t_min, high + 1, (b,), generator=generator)
         t = timesteps.to(self.device)
         if noise is None:
             noise = torch.randn(x.shape, generator=generator)
@@ -159,7 +178,30 @@ class DiffusionGuidance:
                 weights = weights * torch.as_tensor(negative_scale, dtype=torch.float32, device=self.device)[:, None]
             eps_hat = perp_neg_guidance(eps_u, eps_pos, torch.stack([eps_n0, eps_n1], dim=1), weights,
                                         self.guidance_scale)
-        grad = (1 - abar) * (eps_hat - noise)  # a non-finite UNet output must reach the trainer's bad-step guard
+        baseline = self._estimator_baseline(x, noise, t, eps_u, positive, generator, later_fraction)
+        grad = (1 - abar) * (eps_hat - baseline)  # a non-finite UNet output must reach the trainer's bad-step guard
         target = (x - grad).detach()
         loss = 0.5 * F.mse_loss(x.float(), target.float(), reduction="sum") / b
         return SDSOutput(loss, timesteps, float(grad.norm() / b))
+
+    def _estimator_baseline(self, x, noise, t, eps_u, positive, generator, later_fraction) -> torch.Tensor:
+        """What the guided prediction eps_hat is compared with, per estimator (module docstring)."""
+        if self.estimator == "sds":
+            return noise
+        if self.estimator == "csd":
+            return eps_u
+        if self.estimator == "nfsd":
+            small = (t < NFSD_SMALL_T).view(-1, 1, 1, 1)
+            if not self.negative_prompt:  # delta_D = eps_u below t = 200, else 0: eps_hat - eps_u + delta_D
+                return torch.where(small, torch.zeros_like(eps_u), eps_u)
+            tokens, _ = self.text_encoder.encode([self.negative_prompt] * x.shape[0])
+            eps_neg = self.predict_noise(
+                self.alphas_cumprod[t].view(-1, 1, 1, 1).sqrt() * x.detach()
+                + (1 - self.alphas_cumprod[t].view(-1, 1, 1, 1)).sqrt() * noise, t, tokens.float())
+            return torch.where(small, torch.zeros_like(eps_u), eps_neg)
+        # asd: the conditional prediction at a later timestep, with the same noise
+        u = torch.rand(t.shape[0], generator=generator) if later_fraction is None else torch.as_tensor(later_fraction)
+        later = (t + (0.1 * (t - self.t_min).float() * u.to(t.device)).long()).clamp(max=self.t_max)
+        abar = self.alphas_cumprod[later].view(-1, 1, 1, 1)
+        x_later = abar.sqrt() * x.detach() + (1 - abar).sqrt() * noise
+        return self.predict_noise(x_later, later, positive)

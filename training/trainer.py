@@ -123,6 +123,7 @@ class Trainer:
         self.guidance = DiffusionGuidance.from_folder(
             cfg.prior.folder, self.device, guidance_scale=cfg.prior.guidance_scale,
             t_range=(cfg.prior.t_min, cfg.prior.t_max), perp_neg=cfg.prior.perp_neg,
+            estimator=cfg.prior.estimator, negative_prompt=cfg.prior.negative_prompt,
             half_precision=cfg.prior.half_precision,
         )
         # The generator is conditioned on the prior's text encoder (the paper's setting), unless the config names
@@ -311,10 +312,20 @@ class Trainer:
                 stats["severity"] = c
             if cfg.clip.weight > 0:
                 clip_loss = self.clip.loss(features, prompts)
-        sds = self.guidance.sds(images, prompts, views.azimuth, views.elevation, negative_scale, gen)
+        sds = self.guidance.sds(images, prompts, views.azimuth, views.elevation, negative_scale, gen,
+                                t_max=self.annealed_t_max())
         loss = sds.loss + cfg.clip.weight * clip_loss + self._opacity_terms(opacity, depth_variance, stats)
         stats.update(sds=float(sds.loss.detach()), clip=float(clip_loss.detach()), sds_grad=sds.grad_norm)
         return loss, stats
+
+    def annealed_t_max(self) -> float | None:
+        """The largest diffusion timestep (a fraction) this step may draw: prior.t_max falling linearly to
+        prior.t_max_final over the run (DreamTime, HiFA, ScaleDreamer anneal it too); None when not annealed."""
+        p = self.cfg.prior
+        if not p.t_max_final:
+            return None
+        progress = min(1.0, self.step / max(1, self.cfg.optim.steps))
+        return p.t_max + (p.t_max_final - p.t_max) * progress
 
     def _photometric_loss(self, prompts, views, images, opacity, depth, stats):
         """The upper bound: the same renders compared with sphere-traced ground truth of the same views: colour,

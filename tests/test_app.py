@@ -561,28 +561,27 @@ def test_the_default_model_streams_to_a_browser(default_pipeline, tmp_path):
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium",
                                          args=["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"])
             try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1100})
-                page.goto(f"http://127.0.0.1:{port}/")
                 times = {}
-                for prompt in ["a green cone", "a yellow duck with an orange beak"]:  # the first warms the page up
+                # The first prompt warms the server up on a page that is then closed: its 3D view, drawn by
+                # software WebGL on this machine's two cores, would otherwise slow the server the test times
+                # (a user's browser runs on the user's machine).
+                for prompt in ["a green cone", "a yellow duck with an orange beak"]:
+                    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+                    page.goto(f"http://127.0.0.1:{port}/")
                     page.locator("#prompt textarea").fill(prompt)
                     page.wait_for_timeout(300)
-                    old_view = page.evaluate("() => (document.querySelector('#view img') || {}).src || ''")
-                    old_video = page.evaluate("() => (document.querySelector('#orbit video') || {}).currentSrc || ''")
-                    old_glb = page.evaluate("() => (document.querySelector('#glb_file a') || {}).href || ''")
                     start = time.perf_counter()
                     page.locator("#generate").click()
-                    page.wait_for_function("(old) => { const i = document.querySelector('#view img');"
-                                           " return i && i.src && i.src !== old; }", arg=old_view, timeout=30_000)
+                    page.wait_for_function("() => { const i = document.querySelector('#view img');"
+                                           " return i && i.src; }", timeout=30_000)
                     times["first view"] = time.perf_counter() - start
-                    page.wait_for_function("(old) => { const v = document.querySelector('#orbit video');"
-                                           " return v && v.currentSrc && v.currentSrc !== old && v.readyState >= 2; }",
-                                           arg=old_video, timeout=60_000)
+                    page.wait_for_function("() => { const v = document.querySelector('#orbit video');"
+                                           " return v && v.currentSrc && v.readyState >= 2; }", timeout=60_000)
                     times["video playing"] = time.perf_counter() - start
-                    page.wait_for_function("(old) => { const a = document.querySelector('#glb_file a');"
-                                           " return a && a.href !== old && document.querySelector('#model3d canvas'); }",
-                                           arg=old_glb, timeout=60_000)
+                    page.wait_for_function("() => document.querySelector('#glb_file a')"
+                                           " && document.querySelector('#model3d canvas')", timeout=60_000)
                     times["3D view and downloads"] = time.perf_counter() - start
+                    page.close()
                 print("default model in Chromium, seconds after the click:", {k: round(v, 2) for k, v in times.items()})
                 assert times["first view"] <= 1.0, times
             finally:

@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     for name, values in times.items():
         median, worst = statistics.median(values), max(values)
         budget = STAGE_BUDGETS.get(name)
-        print(f"| {name} | {median:.2f} s | {worst:.2f} s | {median / budget:.0f}x |" if budget else
+        print(f"| {name} | {median:.2f} s | {worst:.2f} s | {median / budget:.2f} |" if budget else
               f"| {name} | {median:.2f} s | {worst:.2f} s | |")
     print(f"| peak memory (RSS) | {peak_rss_gib():.2f} GiB | | after loading: {rss_setup:.2f} GiB |")
     params = model.num_parameters() + sum(p.numel() for p in encoder.model.parameters())

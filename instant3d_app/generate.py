@@ -87,7 +87,8 @@ def main(argv=None) -> int:
     parser.add_argument("--resolution", type=int, default=128, help="export: density grid resolution")
     parser.add_argument("--threshold", default="auto",
                         help="export: surface density, or auto (the app's default: checkpoints differ in scale)")
-    parser.add_argument("--texture-size", type=int, default=1024, help="export: texture size in pixels")
+    parser.add_argument("--texture-size", type=int, default=ExportOptions.texture_size,
+                        help="export: texture size in pixels")
     parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint folder (default: the bundled one)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     args = parser.parse_args(argv)

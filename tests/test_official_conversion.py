@@ -89,7 +89,7 @@ def test_the_deterministic_view_matches_the_official_render(result, reference):
 
 
 def test_renders_show_display_space_albedo_as_is(result):
-    view = result.render(0.0, 0.0, size=32, quality="full", background=(0.5, 0.5, 0.5))
+    view = result.render(0.0, 0.0, size=32, quality="full", background=(0.5, 0.5, 0.5), clean=False)
     from instant3d.render.renderer import render_views
     from instant3d.render.cameras import orbit_cameras
 

@@ -20,7 +20,6 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import functools  # noqa: E402
-import inspect  # noqa: E402
 import ipaddress  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
@@ -77,17 +76,6 @@ def friendly_errors(action: str):
             log.exception("%s failed", action)
             return gr.Error(f"Sorry, {action} failed on the server ({type(exc).__name__}). Try again; if it "
                             "fails again, try another prompt or seed. The details are in the server's log.")
-
-        if inspect.isgeneratorfunction(handler):  # a streaming handler: its errors surface while iterating
-            @functools.wraps(handler)
-            def stream(*args, **kwargs):
-                try:
-                    yield from handler(*args, **kwargs)
-                except gr.Error:
-                    raise
-                except Exception as exc:  # noqa: BLE001
-                    raise report(exc) from None
-            return stream
 
         @functools.wraps(handler)
         def function(*args, **kwargs):

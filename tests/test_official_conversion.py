@@ -46,7 +46,8 @@ def test_the_architecture_comes_from_the_shapes(converted):
     g, f = meta["model"]["generator"], meta["model"]["field"]
     args = json.loads((FIXTURE / "reference_io.json").read_text())["args"]
     official_order = list(reversed(args["block_out_channels"]))  # up blocks run from the widest
-    assert g["block_out_channels"] == official_order + [args["block_out_channels"][0], args["block_out_channels"][0] // 2]
+    first = args["block_out_channels"][0]
+    assert g["block_out_channels"] == official_order + [first, first // 2]
     assert g["cross_attention"] == [False, True, True, True, False, False]
     groups = args["norm_num_groups"]
     assert g["norm_groups"] == [groups] * 4 + [groups // 2, max(groups // 4, 1)] and g["norm_out_groups"] == groups // 2

@@ -178,6 +178,39 @@ def test_metrics_of_a_perfect_and_a_shifted_object():
     assert accuracy < 1.0 and error > 0.0
 
 
+def test_feature_fidelity_sees_a_missing_nose_and_a_wrong_colour():
+    """The exact scene draws all its small parts; the same scene without its nose (a smooth body, what the default
+    made) draws the eyes but not the nose; a nose painted the body's colour is occupied but not drawn."""
+    import dataclasses
+
+    from toyworld.ground_truth import GroundTruthOutput
+    from toyworld.metrics import feature_fidelity
+    from toyworld.scenes import Scene
+
+    scene = scene_for_prompt("a white snowman with a carrot nose")
+    exact = feature_fidelity(GroundTruthOutput(scene), scene)
+    assert set(exact) == {"nose", "eye"} and all(v["drawn"] and v["occupancy"] == 1.0 for v in exact.values())
+    no_nose = Scene(scene.prompt, [p for p in scene.parts if p.name != "nose"], front_facing=True)
+    scores = feature_fidelity(GroundTruthOutput(no_nose), scene)
+    assert scores["nose"]["occupancy"] == 0.0 and not scores["nose"]["drawn"] and scores["eye"]["drawn"]
+    pale = Scene(scene.prompt, [dataclasses.replace(p, colour=scene.parts[0].colour) if p.name == "nose" else p
+                                for p in scene.parts], front_facing=True)
+    scores = feature_fidelity(GroundTruthOutput(pale), scene)
+    assert scores["nose"]["occupancy"] == 1.0 and not scores["nose"]["colour_ok"] and not scores["nose"]["drawn"]
+    door = scene_for_prompt("a blue house with a door")
+    assert feature_fidelity(GroundTruthOutput(door), door)["door"]["drawn"]
+
+
+def test_the_feature_report_counts_objects_and_front_features():
+    from toyworld.ground_truth import GroundTruthPipeline
+    from toyworld.report import feature_report
+
+    prompts = ["a yellow duck with an orange beak", "a red house with a door"]
+    report = feature_report(GroundTruthPipeline(), None, seeds=(0, 1), prompts=prompts)
+    assert report["objects"] == 4 and report["drawn"]["front feature"] == 1.0
+    assert report["drawn"]["beak"] == 1.0 and report["drawn"]["door"] == 1.0
+
+
 def test_lit_ground_truth_shades_a_cube_by_the_display_light():
     """Seen from azimuth 45, elevation 30, the display light (above the camera) makes the cube's top face the
     brightest and its two side faces equally bright, each Lambert's closed form."""

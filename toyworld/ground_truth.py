@@ -38,6 +38,9 @@ class GroundTruthOutput:
     def albedo(self, points: torch.Tensor) -> torch.Tensor:
         return self.scene.albedo(points.cpu() - self.shift)
 
+    def density(self, points: torch.Tensor) -> torch.Tensor:
+        return self.scene.occupancy(points.cpu() - self.shift).float() * 1e4
+
     def render_many(self, azimuths, elevations, size: int = 256, background=None,
                     shading: str = "albedo") -> list[np.ndarray]:
         cfg = self.render_config

@@ -6,7 +6,10 @@
   just there "names" the nearest colour of the world's palette; accuracy = the same name as the truth's;
   error = mean absolute sRGB difference;
 - Janus rate (front-facing objects only): the generated back view is closer, in an evaluation CLIP's image
-  features, to the true front view than to the true back view.
+  features, to the true front view than to the true back view;
+- feature fidelity (front-facing objects only): is each small named part (nose, beak, door, eyes) drawn? Its own
+  points outside the body, occupied as the IoU counts a voxel in at least half of them, with a mean albedo nearer
+  the part's colour than the body's.
 """
 
 from __future__ import annotations
@@ -77,3 +80,34 @@ def is_janus(out, scene: Scene, clip, size: int = 64, elevation: float = 15.0) -
     images = torch.cat([linear_to_srgb(truth), gen_back[None]]).permute(0, 3, 1, 2)
     feats = clip.image_features(images.to(clip.device))
     return bool((feats[2] @ feats[0]) > (feats[2] @ feats[1]))
+
+
+FEATURES = ("nose", "beak", "door", "eye")
+
+
+def feature_fidelity(out, scene: Scene, resolution: int = 96) -> dict[str, dict]:
+    """{feature name: {"occupancy", "colour_ok", "drawn"}} for each small named part of ``scene`` (module doc).
+    The points are the voxel centres of a resolution^3 grid inside the part and outside every unnamed part."""
+    bound = out.bound
+    points = voxel_centres(resolution, bound)
+    body = [part for part in scene.parts if not part.name]
+    body_distance = torch.stack([part.distance(points) for part in body], dim=-1)
+    result = {}
+    for name in FEATURES:
+        parts = [part for part in scene.parts if part.name == name]
+        if not parts:
+            continue
+        inside = torch.stack([part.distance(points) for part in parts], dim=-1).amin(dim=-1) < 0
+        mask = inside & (body_distance.amin(dim=-1) > 0)
+        if not bool(mask.any()):
+            continue
+        where = points[mask]
+        voxel = 2 * bound / resolution
+        occupancy = (out.density(where).cpu() >= math.log(2) / voxel).float().mean().item()
+        albedo = linear_to_srgb(out.albedo(where).cpu().clamp(0, 1).mean(dim=0))
+        nearest_body = body[int(body_distance[mask].mean(dim=0).argmin())]  # the part it sits on
+        to_feature = (albedo - linear_to_srgb(torch.tensor(parts[0].colour))).norm().item()
+        to_body = (albedo - linear_to_srgb(torch.tensor(nearest_body.colour))).norm().item()
+        result[name] = {"occupancy": occupancy, "colour_ok": to_feature < to_body,
+                        "drawn": occupancy >= 0.5 and to_feature < to_body}
+    return result

@@ -96,6 +96,7 @@ class Part:
     offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
     scale: float = 1.0
     axes: tuple[int, int, int] = (0, 1, 2)  # which world axis is the primitive's x, y (its "up"), z
+    name: str = ""  # a small named feature ("nose", "beak", "door", "eye"); "" for the body
 
     def distance(self, p: torch.Tensor) -> torch.Tensor:
         local = (p - torch.tensor(self.offset, dtype=p.dtype, device=p.device))[:, list(self.axes)]
@@ -138,18 +139,18 @@ def _stack(prompt, top_colour, top, base_colour, base) -> Scene:
 
 
 def _eyes(y, z, dx=0.09, r=0.045) -> list[Part]:
-    return [Part(lambda p: sd_sphere(p, r), BLACK, (x, y, z)) for x in (-dx, dx)]
+    return [Part(lambda p: sd_sphere(p, r), BLACK, (x, y, z), name="eye") for x in (-dx, dx)]
 
 
 def _snowman(prompt, colour) -> Scene:
-    nose = Part(lambda p: sd_cone(p, 0.07, 0.3), CARROT, (0, 0.3, 0.38), axes=(0, 2, 1))  # apex towards +Z
+    nose = Part(lambda p: sd_cone(p, 0.07, 0.3), CARROT, (0, 0.3, 0.38), axes=(0, 2, 1), name="nose")  # apex: +Z
     parts = [Part(lambda p: sd_sphere(p, 0.4), COLOURS[colour], (0, -0.3, 0)),
              Part(lambda p: sd_sphere(p, 0.27), COLOURS[colour], (0, 0.3, 0)), nose, *_eyes(0.39, 0.2)]
     return Scene(prompt, parts, front_facing=True)
 
 
 def _duck(prompt, colour) -> Scene:
-    beak = Part(lambda p: sd_cone(p, 0.1, 0.28), CARROT, (0, 0.3, 0.5), axes=(0, 2, 1))
+    beak = Part(lambda p: sd_cone(p, 0.1, 0.28), CARROT, (0, 0.3, 0.5), axes=(0, 2, 1), name="beak")
     parts = [Part(lambda p: sd_sphere(p, 0.42), COLOURS[colour], (0, -0.2, -0.08)),
              Part(lambda p: sd_sphere(p, 0.26), COLOURS[colour], (0, 0.3, 0.2)), beak, *_eyes(0.38, 0.41, 0.1, 0.04)]
     return Scene(prompt, parts, front_facing=True)
@@ -159,7 +160,7 @@ def _house(prompt, colour) -> Scene:
     roof_colour = COLOURS["red" if colour == "brown" else "brown"]
     parts = [Part(lambda p: sd_box(p, (0.45, 0.32, 0.45)), COLOURS[colour], (0, -0.25, 0)),
              Part(lambda p: sd_pyramid(p, 0.55, 0.45), roof_colour, (0, 0.295, 0)),
-             Part(lambda p: sd_box(p, (0.11, 0.19, 0.03)), DOOR, (0, -0.38, 0.45))]
+             Part(lambda p: sd_box(p, (0.11, 0.19, 0.03)), DOOR, (0, -0.38, 0.45), name="door")]
     return Scene(prompt, parts, front_facing=True)
 
 

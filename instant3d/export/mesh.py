@@ -57,7 +57,7 @@ class ExportOptions:
     resolution: int = 128  # density grid N^3
     threshold: float | str = 10.0  # density of the surface, or "auto"
     target_faces: int = 5000  # decimate to at most this many triangles
-    texture_size: int = 512  # base-colour texture, square: ~100 texels per triplane cell of the default (1024: 2x slower, no more detail)
+    texture_size: int = 512  # base-colour texture, square: ~100 texels a triplane cell of the default's objects
     vertex_colors: bool = False  # fast mode: no UVs or texture, linear vertex colours
     keep_fraction: float = 0.05  # drop connected pieces with fewer faces than this share of the largest
 

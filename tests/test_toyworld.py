@@ -211,6 +211,26 @@ def test_the_feature_report_counts_objects_and_front_features():
     assert report["drawn"]["beak"] == 1.0 and report["drawn"]["door"] == 1.0
 
 
+def test_the_colour_table_shows_a_bias():
+    """A perfect object has no error in any colour; one whose albedo is tinted shows the tint as a signed mean."""
+    from toyworld.ground_truth import GroundTruthOutput, GroundTruthPipeline
+    from toyworld.report import colour_table
+
+    prompts = ["a white cube", "a red cube on top of a blue sphere"]
+    perfect = colour_table(GroundTruthPipeline(), prompts)
+    assert set(perfect) == {"white", "red", "blue"} and all(row["error"] < 1e-6 for row in perfect.values())
+
+    class Lavender(GroundTruthPipeline):  # white reads lavender: less green
+        def __call__(self, prompt, seed=0):
+            out = GroundTruthOutput(scene_for_prompt(prompt))
+            true_albedo = out.albedo
+            out.albedo = lambda p: true_albedo(p) * torch.tensor([1.0, 0.7, 1.0])
+            return out
+
+    white = colour_table(Lavender(), ["a white cube"])["white"]
+    assert white["error"] > 0.03 and white["bias_rgb"][1] < -0.1 and abs(white["bias_rgb"][0]) < 1e-6
+
+
 def test_lit_ground_truth_shades_a_cube_by_the_display_light():
     """Seen from azimuth 45, elevation 30, the display light (above the camera) makes the cube's top face the
     brightest and its two side faces equally bright, each Lambert's closed form."""

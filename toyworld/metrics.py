@@ -70,6 +70,24 @@ def colour_scores(out, scene: Scene, resolution: int = 48) -> tuple[float, float
     return accuracy, error
 
 
+def colour_errors_by_name(out, scene: Scene, resolution: int = 48) -> dict[str, tuple[float, int, torch.Tensor]]:
+    """Per true palette colour at the ground-truth surface: (summed absolute sRGB error, point count, summed signed
+    sRGB error (3,)), so that a bias (white read as lavender: too little green) shows as a signed mean."""
+    points = surface_points(scene, resolution, out.bound)
+    if points.shape[0] == 0:
+        return {}
+    generated = linear_to_srgb(out.albedo(points).cpu().clamp(0, 1))
+    truth_linear = scene.albedo(points)
+    truth = linear_to_srgb(truth_linear)
+    names = colour_names(truth_linear)
+    result = {}
+    for index in names.unique().tolist():
+        chosen = names == index
+        diff = generated[chosen] - truth[chosen]
+        result[PALETTE_NAMES[index]] = (diff.abs().mean(dim=-1).sum().item(), int(chosen.sum()), diff.sum(dim=0))
+    return result
+
+
 def is_janus(out, scene: Scene, clip, size: int = 64, elevation: float = 15.0) -> bool:
     """Does the generated back view look more like the true front than like the true back?"""
     cfg = out.render_config

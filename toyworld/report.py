@@ -20,7 +20,7 @@ from training.clip_model import CLIPScorer
 from training.evaluate import FLAT_VIEWS, VIEWS, clip_retrieval
 
 from .ground_truth import GroundTruthPipeline
-from .metrics import FEATURES, colour_scores, feature_fidelity, geometry_iou, is_janus
+from .metrics import FEATURES, colour_errors_by_name, colour_scores, feature_fidelity, geometry_iou, is_janus
 from .scenes import all_prompts, prompt_split, scene_for_prompt
 
 
@@ -78,6 +78,30 @@ def feature_report(pipe, clip: CLIPScorer | None, seeds=(0, 1, 2), prompts: list
             "janus_rate": mean(janus), "objects": len(prompts) * len(seeds)}
 
 
+@torch.no_grad()
+def colour_table(pipe, prompts: list[str]) -> dict[str, dict]:
+    """Per true colour, over the surfaces of ``prompts`` (seed 0): mean absolute sRGB error and the mean signed
+    error per channel (a bias: e.g. white coming out lavender has a negative green mean)."""
+    totals: dict[str, list] = {}
+    for prompt in prompts:
+        errors = colour_errors_by_name(pipe(prompt, seed=0), scene_for_prompt(prompt))
+        for name, (abs_sum, count, signed) in errors.items():
+            entry = totals.setdefault(name, [0.0, 0, torch.zeros(3)])
+            entry[0] += abs_sum
+            entry[1] += count
+            entry[2] += signed
+        pipe.cache.clear()
+    return {name: {"error": a / n, "bias_rgb": (s / n).tolist(), "points": n} for name, (a, n, s) in totals.items()}
+
+
+def print_colour_table(table: dict[str, dict]) -> None:
+    print("| true colour | mean abs. sRGB error | mean signed error (R, G, B) | surface points |")
+    print("| --- | --- | --- | --- |")
+    for name, row in sorted(table.items(), key=lambda kv: -kv[1]["error"]):
+        bias = ", ".join(f"{v:+.3f}" for v in row["bias_rgb"])
+        print(f"| {name} | {row['error']:.3f} | {bias} | {row['points']} |")
+
+
 def print_feature_table(rows: list[tuple[str, dict]]) -> None:
     print("| checkpoint | nose drawn | beak drawn | door drawn | eyes drawn | front feature drawn | Janus rate | "
           "objects |")
@@ -109,6 +133,13 @@ def report(args) -> int:
     if not args.no_ceiling:  # the exact scenes through the same protocol: what a perfect generator would score
         sources.append(("ground truth (ceiling)", "ground_truth/", GroundTruthPipeline(pipe.config.render)))
     rows, results = [], {}
+    if args.colours:  # per true colour: error and bias, over the chosen split(s)
+        prompts = [p for split in chosen for p in (splits[split][: args.limit] if args.limit else splits[split])]
+        table = colour_table(pipe, prompts)
+        print_colour_table(table)
+        if args.output:
+            Path(args.output).write_text(json.dumps(table, indent=2))
+        return 0
     if args.features:  # the small named parts and the Janus rate, over all 30 front-facing prompts x 3 seeds
         feature_rows = [(label, feature_report(source, clip)) for label, _, source in sources]
         print_feature_table(feature_rows)
@@ -140,6 +171,8 @@ def main(argv=None) -> int:
     parser.add_argument("--features", action="store_true",
                         help="instead: feature fidelity (nose, beak, door, eyes drawn?) and the Janus rate over the "
                              "30 front-facing prompts x 3 seeds")
+    parser.add_argument("--colours", action="store_true",
+                        help="instead: a per-colour table of sRGB error and bias at the true surfaces")
     parser.add_argument("--no-ceiling", action="store_true",
                         help="skip the ground-truth rows (the exact scenes scored the same way)")
     return report(parser.parse_args(argv))

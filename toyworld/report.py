@@ -94,33 +94,34 @@ def colour_table(pipe, prompts: list[str]) -> dict[str, dict]:
     return {name: {"error": a / n, "bias_rgb": (s / n).tolist(), "points": n} for name, (a, n, s) in totals.items()}
 
 
+def print_markdown(header: list[str], rows: list[list[str]]) -> None:
+    print("| " + " | ".join(header) + " |")
+    print("|" + " --- |" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
 def print_colour_table(table: dict[str, dict]) -> None:
-    print("| true colour | mean abs. sRGB error | mean signed error (R, G, B) | surface points |")
-    print("| --- | --- | --- | --- |")
-    for name, row in sorted(table.items(), key=lambda kv: -kv[1]["error"]):
-        bias = ", ".join(f"{v:+.3f}" for v in row["bias_rgb"])
-        print(f"| {name} | {row['error']:.3f} | {bias} | {row['points']} |")
+    rows = [[name, f"{row['error']:.3f}", ", ".join(f"{v:+.3f}" for v in row["bias_rgb"]), str(row["points"])]
+            for name, row in sorted(table.items(), key=lambda kv: -kv[1]["error"])]
+    print_markdown(["true colour", "mean abs. sRGB error", "mean signed error (R, G, B)", "surface points"], rows)
 
 
 def print_feature_table(rows: list[tuple[str, dict]]) -> None:
-    print("| checkpoint | nose drawn | beak drawn | door drawn | eyes drawn | front feature drawn | Janus rate | "
-          "objects |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, m in rows:
-        d, o = m["drawn"], m["occupancy"]
-        cells = " | ".join(f"{d[k]:.2f} (occupied {o[k]:.2f})" for k in FEATURES)
-        print(f"| {name} | {cells} | {d['front feature']:.2f} | {m['janus_rate']:.2f} | {m['objects']} |")
+    header = ["checkpoint", "nose drawn", "beak drawn", "door drawn", "eyes drawn", "front feature drawn",
+              "Janus rate", "objects"]
+    print_markdown(header, [[name, *(f"{m['drawn'][k]:.2f} (occupied {m['occupancy'][k]:.2f})" for k in FEATURES),
+                             f"{m['drawn']['front feature']:.2f}", f"{m['janus_rate']:.2f}", str(m["objects"])]
+                            for name, m in rows])
 
 
 def print_table(rows: list[tuple[str, dict]]) -> None:
-    print("| checkpoint / split | IoU | colour acc. | colour err. | R-precision | retrieval p | R-precision, flat "
-          "views | Janus rate | prompts |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, m in rows:
-        print(f"| {name} | {m['iou']:.3f} | {m['colour_accuracy']:.3f} | {m['colour_error']:.3f} | "
-              f"{m['r_precision']:.3f} | {m['retrieval_probability']:.3f} | {m['r_precision_flat']:.3f} | "
-              f"{m['janus_rate']:.2f} ({m['janus_objects']}) | {m['prompts']} |")
-
+    header = ["checkpoint / split", "IoU", "colour acc.", "colour err.", "R-precision", "retrieval p",
+              "R-precision, flat views", "Janus rate", "prompts"]
+    print_markdown(header, [[name, f"{m['iou']:.3f}", f"{m['colour_accuracy']:.3f}", f"{m['colour_error']:.3f}",
+                             f"{m['r_precision']:.3f}", f"{m['retrieval_probability']:.3f}",
+                             f"{m['r_precision_flat']:.3f}", f"{m['janus_rate']:.2f} ({m['janus_objects']})",
+                             str(m["prompts"])] for name, m in rows])
 
 
 def report(args) -> int:

@@ -59,7 +59,7 @@ def model_card(source: Path, digest: str, config, parameters: int, text_encoder:
     )
 
 
-def convert(source, out, text_encoder=None, norm_groups: int | None = None) -> Path:
+def convert(source, out, text_encoder=None, norm_groups: int | None = None, head_width: int | None = None) -> Path:
     """Convert ``source`` (official .pth or .safetensors) into the checkpoint folder ``out``; returns ``out``."""
     from instant3d.models.model import Instant3DModel
     from instant3d.models.text_encoder import TextEncoder
@@ -67,7 +67,7 @@ def convert(source, out, text_encoder=None, norm_groups: int | None = None) -> P
 
     source, out = Path(source), Path(out)
     state = read_official_generator(source)
-    config = official_config(state, norm_groups)
+    config = official_config(state, norm_groups, head_width)
     model = Instant3DModel(config)
     mapped = official_to_ours(state, {k: tuple(v.shape) for k, v in model.state_dict().items()})
     model.load_state_dict(mapped, strict=True)
@@ -90,9 +90,11 @@ def main(argv=None) -> int:
     parser.add_argument("--norm-groups", type=int, default=None,
                         help="the official norm_num_groups, if the checkpoint was trained with a non-default one "
                              "(shapes cannot show it; default: the official rule, 8 for the release)")
+    parser.add_argument("--head-width", type=int, default=None,
+                        help="channels per cross-attention head, if not the official 16 (shapes cannot show it)")
     args = parser.parse_args(argv)
     try:
-        out = convert(args.source, args.out, args.text_encoder, args.norm_groups)
+        out = convert(args.source, args.out, args.text_encoder, args.norm_groups, args.head_width)
     except (CheckpointError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

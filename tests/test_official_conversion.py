@@ -149,6 +149,18 @@ def test_wrong_tensors_are_named(tmp_path):
         convert(tmp_path / "sd.safetensors", tmp_path / "d")
 
 
+def test_the_two_numbers_shapes_cannot_show_can_be_given(tmp_path, reference):
+    """Norm groups and head width follow the official rules by default; a file trained otherwise converts with
+    --norm-groups / --head-width, and they change the result (so the defaults above are really tested)."""
+    out = tmp_path / "other"
+    assert convert_main([str(WEIGHTS), str(out), "--norm-groups", "2", "--head-width", "8"]) == 0
+    g = json.loads((out / "config.json").read_text())["model"]["generator"]
+    assert g["norm_groups"] == [2, 2, 2, 2, 1, 1] and g["norm_out_groups"] == 1 and g["attention_head_dim"] == 8
+    planes = Instant3DPipeline.from_pretrained(out)(prompt_embeds=reference["in.tokens"],
+                                                    style_noise=reference["in.z"]).triplane
+    assert (mirror_planes_z(planes) - reference["out.triplane"]).abs().max() > 1e-2
+
+
 def test_the_released_models_shapes_give_the_paper_size_model():
     """The official default's {name: shape} list (1 742 tensors, 269 769 476 parameters), without its weights: the
     derived model has exactly those tensors, and the official code's structure (docs/official-checkpoint.md)."""

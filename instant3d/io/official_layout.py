@@ -12,7 +12,8 @@ the triplane channels and the MLP. Two numbers never show in a shape, so they fo
   sets g = 32 / d for channels 320/d, ..., i.e. one group per 10 channels of its narrowest cross-attention stage
   (80 channels -> 8 groups in the release). We take g as the largest power of two at most that stage's channels
   / 8, which is the official value for every official width and also the one the reduced-width fixture was
-  built with (32 channels, 4 groups). A checkpoint trained with another g converts with ``norm_groups=``.
+  built with (32 channels, 4 groups). A checkpoint trained with another g converts with ``norm_groups=``, one with
+  other heads with ``head_width=``.
 
 The layout of the official decoder, in its own order: ``conv_in``, ``mid_block`` (resnet, attention, resnet),
 ``up_blocks.0..n-1`` (the first without attention), ``up_blocks_no_crossatt_1`` and ``_2``, ``conv_norm_out``,
@@ -74,8 +75,9 @@ def power_of_two_groups(channels: int) -> int:
     return 2 ** max(0, int(math.floor(math.log2(max(channels // 8, 1)))))
 
 
-def official_config(state: dict, norm_groups: int | None = None) -> Instant3DConfig:
-    """The ``Instant3DConfig`` of an official ``G_ema`` state dict, from its shapes and the official conventions."""
+def official_config(state: dict, norm_groups: int | None = None, head_width: int | None = None) -> Instant3DConfig:
+    """The ``Instant3DConfig`` of an official ``G_ema`` state dict, from its shapes and the official conventions
+    (``norm_groups`` and ``head_width`` override the two numbers shapes cannot show)."""
     proj_dim, token_dim = _shape(state, "text_eot_transfer.project_in.weight")
     _, heads, _ = _shape(state, "text_eot_transfer.transformer.layers.0.0.null_kv")
     base_numel, flat = _shape(state, "text_eot_transfer.project_out.0.weight")
@@ -141,7 +143,7 @@ def official_config(state: dict, norm_groups: int | None = None) -> Instant3DCon
                 block_out_channels=tuple(channels), cross_attention=tuple(attention), norm_groups=tuple(groups),
                 layers_per_block=layers.pop(), mid_cross_attention=any(k.startswith("triplane_net.mid_block.attent")
                                                                        for k in state),
-                attention_head_dim=HEAD_WIDTH, triplane_channels=plane_out // 3, style_text="tokens",
+                attention_head_dim=head_width or HEAD_WIDTH, triplane_channels=plane_out // 3, style_text="tokens",
                 style_text_dim=style_text_dim, norm_out_groups=max(g // 2, 1), mirror_z=True,
             ),
             field=FieldConfig(aggregation="mean", hidden_dims=hidden, bound=1.75, blob_density=10.0,

@@ -8,8 +8,8 @@
 - Janus rate (front-facing objects only): the generated back view is closer, in an evaluation CLIP's image
   features, to the true front view than to the true back view;
 - feature fidelity (front-facing objects only): is each small named part (nose, beak, door, eyes) drawn? Its own
-  points outside the body, occupied as the IoU counts a voxel in at least half of them, with a mean albedo nearer
-  the part's colour than the body's.
+  points outside the body (a 96^3 grid), at least half of them occupied at the IoU's density threshold, with a
+  mean albedo nearer the part's colour than the body's.
 """
 
 from __future__ import annotations
@@ -41,10 +41,17 @@ def voxel_centres(resolution: int, bound: float = 1.0) -> torch.Tensor:
     return torch.stack([xx, yy, zz], dim=-1).reshape(-1, 3)
 
 
-def geometry_iou(out, scene: Scene, resolution: int = 48) -> float:
+IOU_RESOLUTION = 48
+
+
+def occupied_density(bound: float, resolution: int = IOU_RESOLUTION) -> float:
+    """The density from which a voxel of the IoU's grid absorbs at least half the light crossing it."""
+    return math.log(2) / (2 * bound / resolution)
+
+
+def geometry_iou(out, scene: Scene, resolution: int = IOU_RESOLUTION) -> float:
     bound = out.bound
-    voxel = 2 * bound / resolution
-    generated = (out.density_grid(resolution).reshape(-1).cpu() >= math.log(2) / voxel)
+    generated = (out.density_grid(resolution).reshape(-1).cpu() >= occupied_density(bound, resolution))
     truth = scene.occupancy(voxel_centres(resolution, bound))
     union = (generated | truth).sum().item()
     return (generated & truth).sum().item() / union if union else 1.0
@@ -119,9 +126,8 @@ def feature_fidelity(out, scene: Scene, resolution: int = 96) -> dict[str, dict]
         mask = inside & (body_distance.amin(dim=-1) > 0)
         if not bool(mask.any()):
             continue
-        where = points[mask]
-        voxel = 2 * bound / resolution
-        occupancy = (out.density(where).cpu() >= math.log(2) / voxel).float().mean().item()
+        where = points[mask]  # a finer grid than the IoU's (the parts are small), with the IoU's density threshold
+        occupancy = (out.density(where).cpu() >= occupied_density(bound)).float().mean().item()
         albedo = linear_to_srgb(out.albedo(where).cpu().clamp(0, 1).mean(dim=0))
         nearest_body = body[int(body_distance[mask].mean(dim=0).argmin())]  # the part it sits on
         to_feature = (albedo - linear_to_srgb(torch.tensor(parts[0].colour))).norm().item()

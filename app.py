@@ -129,7 +129,7 @@ def build_app(service: Instant3DService, model_concurrency: int = 1, export_defa
             raise gr.Error(str(exc)) from None
         return (job, *page_result(result, with_files=False))
 
-    @friendly_errors("making the orbit video")
+    @friendly_errors("finishing the object")
     def next_stage(job, with_files: bool):
         if not job:  # the first stage failed: nothing to continue
             return (gr.skip(),) * 9

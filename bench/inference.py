@@ -26,7 +26,7 @@ from instant3d.render.cameras import orbit_cameras
 from instant3d.config import preset_config
 from instant3d.models.model import Instant3DModel
 from instant3d.cache import ResultCache
-from instant3d.pipeline import Instant3DOutput, style_noise
+from instant3d.pipeline import Instant3DOutput, seed_noise
 from instant3d.render.preview import BakedVolume
 from instant3d.testing.random_models import save_random_clip_text
 from instant3d.render.renderer import render_views
@@ -135,7 +135,7 @@ def main() -> None:
         return encoder.encode(next(prompts))
 
     t_text, (tokens, pooled) = timed(uncached_text, reps * 3)
-    z = style_noise(0, model.config.generator.z_dim)
+    z = seed_noise(0, model.config.generator.z_dim)
     with torch.no_grad():
         t_gen, _ = timed(lambda: model(tokens, pooled, z), reps * 3)
     rows.append(("text encoder, new prompt (small CLIP)", f"{1e3 * t_text:.1f} ms", "cached prompts: ~0 ms"))

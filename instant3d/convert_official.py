@@ -75,9 +75,10 @@ def convert(source, out, text_encoder=None, norm_groups: int | None = None, head
     if text_encoder is not None:
         encoder_path = str(Path(text_encoder).resolve())
         check_text_encoder_matches(config, TextEncoder.from_folder(encoder_path))
-    card = model_card(source, sha256(source), config, model.num_parameters(), encoder_path)
+    digest = sha256(source)  # a 1 GB file: read once
+    card = model_card(source, digest, config, model.num_parameters(), encoder_path)
     return save_checkpoint(model, out, text_encoder_path=encoder_path,
-                           extra={"converted_from": {"file": source.name, "sha256": sha256(source)}},
+                           extra={"converted_from": {"file": source.name, "sha256": digest}},
                            extra_files={"README.md": card.encode()})
 
 

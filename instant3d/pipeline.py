@@ -47,9 +47,6 @@ def seed_noise(seed: int, z_dim: int) -> torch.Tensor:
     return torch.randn(1, z_dim, generator=torch.Generator().manual_seed(seed))
 
 
-style_noise = seed_noise  # the older name, kept for callers
-
-
 class MissingTextEncoderError(CheckpointError):
     """A prompt was given to a model loaded without a text encoder."""
 
@@ -187,9 +184,10 @@ class Instant3DOutput:
             raise ValueError(f"frames must be a whole number from 1 to {MAX_FRAMES}, got {frames!r}")
         azimuths = [360.0 * i / frames for i in range(frames)]
         batch = ORBIT_BATCH if quality == "fast" else 1  # the preview marches 8 views at once ~20 % faster
-        return [f for i in range(0, frames, batch)
-                for f in self.render_many(azimuths[i : i + batch], [elevation] * len(azimuths[i : i + batch]), size,
-                                          quality, shading=shading, clean=clean)]
+        chunks = [azimuths[i : i + batch] for i in range(0, frames, batch)]
+        return [f for chunk in chunks
+                for f in self.render_many(chunk, [elevation] * len(chunk), size, quality, shading=shading,
+                                          clean=clean)]
 
     def orbit_video(self, path, frames: int = 48, size: int = 256, elevation: float = 15.0, fps: int = 24,
                     shading: str = "albedo", clean: bool = True) -> Path:

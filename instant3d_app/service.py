@@ -264,9 +264,8 @@ class Instant3DService:
         job = uuid.uuid4().hex
         with self._lock:
             self._jobs[job] = {"stream": stream, "last": first, "lock": threading.Lock()}
-            while len(self._jobs) > self.MAX_JOBS:
-                _, old = self._jobs.popitem(last=False)
-                old["stream"].close()
+            while len(self._jobs) > self.MAX_JOBS:  # dropped, not closed: another thread may be advancing it
+                self._jobs.popitem(last=False)
         return job, first
 
     def advance_job(self, job: str) -> GenerationResult:

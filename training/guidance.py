@@ -178,13 +178,13 @@ class DiffusionGuidance:
                 weights = weights * torch.as_tensor(negative_scale, dtype=torch.float32, device=self.device)[:, None]
             eps_hat = perp_neg_guidance(eps_u, eps_pos, torch.stack([eps_n0, eps_n1], dim=1), weights,
                                         self.guidance_scale)
-        baseline = self._estimator_baseline(x, noise, t, eps_u, positive, generator, later_fraction)
+        baseline = self._estimator_baseline(x, x_t, noise, t, eps_u, positive, generator, later_fraction)
         grad = (1 - abar) * (eps_hat - baseline)  # a non-finite UNet output must reach the trainer's bad-step guard
         target = (x - grad).detach()
         loss = 0.5 * F.mse_loss(x.float(), target.float(), reduction="sum") / b
         return SDSOutput(loss, timesteps, float(grad.norm() / b))
 
-    def _estimator_baseline(self, x, noise, t, eps_u, positive, generator, later_fraction) -> torch.Tensor:
+    def _estimator_baseline(self, x, x_t, noise, t, eps_u, positive, generator, later_fraction) -> torch.Tensor:
         """What the guided prediction eps_hat is compared with, per estimator (module docstring)."""
         if self.estimator == "sds":
             return noise
@@ -195,9 +195,7 @@ class DiffusionGuidance:
             if not self.negative_prompt:  # delta_D = eps_u below t = 200, else 0: eps_hat - eps_u + delta_D
                 return torch.where(small, torch.zeros_like(eps_u), eps_u)
             tokens, _ = self.text_encoder.encode([self.negative_prompt] * x.shape[0])
-            eps_neg = self.predict_noise(
-                self.alphas_cumprod[t].view(-1, 1, 1, 1).sqrt() * x.detach()
-                + (1 - self.alphas_cumprod[t].view(-1, 1, 1, 1)).sqrt() * noise, t, tokens.float())
+            eps_neg = self.predict_noise(x_t, t, tokens.float())
             return torch.where(small, torch.zeros_like(eps_u), eps_neg)
         # asd: the conditional prediction at a later timestep, with the same noise
         u = torch.rand(t.shape[0], generator=generator) if later_fraction is None else torch.as_tensor(later_fraction)

@@ -33,11 +33,11 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from instant3d.render.cameras import Cameras, generate_rays
 from instant3d.io.checkpoint import CheckpointError, load_model, save_checkpoint
-from instant3d.render.color import linear_to_srgb, linear_to_srgb_unbounded
+from instant3d.render.color import linear_to_srgb, linear_to_srgb_unbounded, to_display
 from instant3d.config import preset_config
 from instant3d.io.files import remove_stale_temporaries
 from instant3d.models.model import Instant3DModel
-from instant3d.pipeline import Instant3DOutput, style_noise
+from instant3d.pipeline import Instant3DOutput, seed_noise
 from instant3d.vocabulary import TRAINING_PROMPTS_NAME
 from instant3d.render.renderer import render_rays
 from instant3d.models.text_encoder import TextEncoder
@@ -297,7 +297,7 @@ class Trainer:
         # A model whose albedo is already a display value (a converted official one) is shown to losses as it is.
         display = self.model.config.field.albedo_space == "display"
         if self.supervised:
-            images = (color.clamp(0, 1) if display else linear_to_srgb(color)).view(b, res, res, 3).permute(0, 3, 1, 2)
+            images = to_display(color, self.model.config.field.albedo_space).view(b, res, res, 3).permute(0, 3, 1, 2)
             return self._photometric_loss(prompts, views, images, opacity.view(b, res, res), depth.view(b, res, res),
                                           stats)
         # priors see sRGB images; above 1 (scaled sigmoid, alpha < 1) the curve goes on so that gradients flow
@@ -453,7 +453,7 @@ class Trainer:
         paths = []
         for i, prompt in enumerate(self.cfg.prompts.validation):
             tokens, pooled = self.text_encoder.encode(prompt)
-            planes = model(tokens, pooled, style_noise(0, model.config.generator.z_dim).to(self.device))
+            planes = model(tokens, pooled, seed_noise(0, model.config.generator.z_dim).to(self.device))
             out = Instant3DOutput(prompt, 0, planes, model, [], {}, None)
             paths.append(out.orbit_video(folder / f"{i:02d}.mp4", frames=self.cfg.run.validation_frames,
                                          size=self.cfg.run.validation_size))

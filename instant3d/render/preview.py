@@ -45,11 +45,10 @@ class BakedVolume:
         alpha: float | None = None,
         occupancy_threshold: float = 0.1,
         clean: bool = False,
-        keep_fraction: float = 0.05,
     ) -> "BakedVolume":
         """Bake the field; voxels with density below ``occupancy_threshold`` (per world unit) count as empty.
-        With ``clean``, the density outside the object the export keeps (at the export's "auto" threshold, pieces
-        under ``keep_fraction`` of the largest dropped) is zeroed: no haze, no floaters
+        With ``clean``, the density outside the object the export keeps (at the export's "auto" threshold, small
+        pieces dropped) is zeroed: no haze, no floaters
         (``instant3d.render.cleanup``); ``keep`` then holds that mask.
 
         The threshold bounds what skipping can lose: a ray crossing the whole box through such fog would
@@ -60,7 +59,7 @@ class BakedVolume:
         keep = None
         if clean:
             density = grid[0].cpu().numpy()
-            keep = torch.from_numpy(object_mask(density, auto_threshold(density), keep_fraction))
+            keep = torch.from_numpy(object_mask(density, auto_threshold(density)))
             grid[0] *= keep.to(grid)
         occupied = (grid[0] > occupancy_threshold).cpu().numpy()
         empty = not occupied.any()

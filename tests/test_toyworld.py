@@ -73,6 +73,22 @@ def test_front_features_face_plus_z_and_are_seen_from_azimuth_0():
     assert orange[0].sum() > 5 and orange[1].sum() == 0
 
 
+def test_detail_points_lie_in_the_named_parts_and_plain_shapes_have_none():
+    from toyworld import detail_points
+
+    for prompt, names in [("a white snowman with a carrot nose", ["nose", "eye", "eye"]),
+                          ("a yellow duck with an orange beak", ["beak", "eye", "eye"]),
+                          ("a blue house with a door", ["door"])]:
+        scene = scene_for_prompt(prompt)
+        parts = [part for part in scene.parts if part.name]
+        assert [part.name for part in parts] == names
+        points = torch.tensor(detail_points(prompt))
+        for part, point in zip(parts, points):
+            assert part.distance(point[None]).item() < 0  # the centre is inside its own part
+        assert (points[:, 2] > 0).all()  # on the front (+Z), where the features face
+    assert detail_points("a red cube") == [] and detail_points("a red cube on top of a blue sphere") == []
+
+
 def test_render_colours_backgrounds_and_coverage():
     s = scene_for_prompt("a large blue sphere")
     cams = orbit_cameras([0, 90], [0, 30], 3.2, 40)

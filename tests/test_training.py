@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from training.clip_model import CLIPError, CLIPScorer
 from training.config import load_config
@@ -235,6 +236,79 @@ def test_alpha_schedule_anneals_from_half_to_exactly_one():
     assert alpha_schedule(100, 0.5, 0, 100) == 1.0 and alpha_schedule(10**6, 0.5, 0, 100) == 1.0
     values = [alpha_schedule(s, 0.5, 10, 90) for s in range(100)]
     assert all(a <= b for a, b in zip(values, values[1:]))
+
+
+def test_close_ups_look_at_their_targets_through_a_narrower_lens():
+    from instant3d.render.cameras import generate_rays
+    from training.sampling import CameraRanges, close_up_views, sample_views
+
+    gen = torch.Generator().manual_seed(3)
+    ranges = CameraRanges()
+    views = sample_views(64, ranges, {"albedo": 1.0}, gen)
+    targets = torch.tensor([[0.0, 0.3, 0.4], [0.3, -0.4, 0.0]]).repeat(32, 1)  # in front (azimuth 0), on +X (90)
+    chosen = torch.arange(64) % 4 != 3
+    close = close_up_views(views, targets, chosen, ranges, (2.0, 4.0), gen)
+    origins, dirs = generate_rays(close.cameras, 2)  # the four rays around the image centre
+    centre_ray = F.normalize(dirs.mean(dim=(1, 2)), dim=-1)
+    to_target = F.normalize(targets - close.cameras.position, dim=-1)
+    along = (centre_ray * to_target).sum(-1)
+    assert (along[chosen] > 1 - 1e-5).all()  # the target sits at the image centre
+    assert not (along[~chosen] > 1 - 1e-5).any()  # the others still look at the origin
+    ratio = views.cameras.fov_deg / close.cameras.fov_deg
+    assert ((ratio[chosen] >= 2.0) & (ratio[chosen] <= 4.0)).all() and (ratio[~chosen] == 1).all()
+    distance = (close.cameras.position - targets).norm(dim=-1)[chosen]
+    assert ((distance >= 3.0 - 1e-4) & (distance <= 3.6 + 1e-4)).all()
+    own = torch.tensor([0.0, 90.0]).repeat(32)
+    offset = torch.remainder(close.azimuth - own + 180, 360) - 180  # on the target's side of the object
+    assert (offset[chosen].abs() <= 60 + 1e-3).all()
+    assert torch.equal(close.cameras.position[~chosen], views.cameras.position[~chosen])
+    assert torch.equal(close.background, views.background)
+
+
+def test_close_up_settings_are_checked(tmp_path):
+    base = [f'run.output_dir="{tmp_path}"']
+    with pytest.raises(ValueError, match="render.close_up is a probability"):
+        load_config(SMOKE, base + ["render.close_up=1.5"])
+    with pytest.raises(ValueError, match="close_up_zoom"):
+        load_config(SMOKE, base + ["render.close_up_zoom=[0.5, 2.0]"])
+    with pytest.raises(ValueError, match="detail_weight must be > 0"):
+        load_config(SMOKE, base + ["prompts.detail_weight=0"])
+    from training.prompt_sets import detail_points_finder
+
+    with pytest.raises(ValueError, match="'portraits' does not say where its prompts' small parts are.*toyworld"):
+        detail_points_finder("portraits")
+
+
+@pytest.mark.slow
+def test_close_ups_aim_at_the_small_parts_of_prompts_drawn_more_often(tmp_path, monkeypatch):
+    import training.trainer as trainer_module
+    from toyworld import detail_points
+
+    cfg = load_config(SMOKE, [f'run.output_dir="{tmp_path}"', 'objective.mode="supervised"', 'prompts.set="toyworld"',
+                              "prompts.validation=[]", "optim.steps=2", "optim.batch_size=8",
+                              "run.checkpoint_every=100", "prompts.detail_weight=100.0", "render.close_up=1.0"])
+    trainer = trainer_module.Trainer(cfg)
+    with_parts = [p for p in trainer.shard if detail_points(p)]
+    assert 0 < len(with_parts) < len(trainer.shard) / 10  # few prompts have small parts ...
+    calls = []
+    real = trainer_module.close_up_views
+
+    def spy(views, targets, chosen, *args):
+        calls.append((targets, chosen))
+        return real(views, targets, chosen, *args)
+
+    monkeypatch.setattr(trainer_module, "close_up_views", spy)
+    monkeypatch.setattr(trainer.text_encoder, "encode", lambda prompts, real=trainer.text_encoder.encode:
+                        calls.append(list(prompts)) or real(prompts))
+    loss, _ = trainer.compute_loss(torch.Generator().manual_seed(0), 1.0)
+    prompts, (targets, chosen) = calls
+    assert torch.isfinite(loss)
+    assert sum(bool(detail_points(p)) for p in prompts) >= 6  # ... but at weight 100 they fill the batch
+    for prompt, target, close in zip(prompts, targets, chosen):  # every view of one (close_up = 1) is a close-up
+        assert bool(close) == bool(detail_points(prompt))  # of one of its own parts
+        assert not close or any(torch.allclose(target, torch.tensor(p)) for p in detail_points(prompt))
+    trainer.train()
+    assert [c.name for c in _checkpoints(tmp_path)] == ["step-0000002"]
 
 
 def test_prompt_sets_and_splits():

@@ -6,9 +6,9 @@ Importing it registers the ``toyworld`` prompt set and its exact-scene renderer 
 from training.prompt_sets import register_prompt_set
 
 from .render import render_prompt
-from .scenes import Scene, all_prompts, prompt_split, scene_for_prompt
+from .scenes import Scene, all_prompts, detail_points, prompt_split, scene_for_prompt
 
 register_prompt_set("toyworld", lambda train_fraction=0.6, seed=0, **_: prompt_split(train_fraction, seed),
-                    ground_truth=render_prompt)
+                    ground_truth=render_prompt, detail_points=detail_points)
 
-__all__ = ["Scene", "all_prompts", "prompt_split", "render_prompt", "scene_for_prompt"]
+__all__ = ["Scene", "all_prompts", "detail_points", "prompt_split", "render_prompt", "scene_for_prompt"]

@@ -11,6 +11,7 @@ points; ``all_prompts()``; ``prompt_split()`` -> (train, held out).
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from dataclasses import dataclass
@@ -187,6 +188,23 @@ def scene_for_prompt(prompt: str) -> Scene:
             return build(match, text)
     raise ValueError(f"{prompt!r} is not a toy-world prompt (e.g. 'a small red cube', "
                      "'a red cube on top of a blue sphere', 'a white snowman with a carrot nose')")
+
+
+@functools.lru_cache(maxsize=None)
+def detail_points(prompt: str) -> list[tuple[float, float, float]]:
+    """The centres of the prompt's small named parts (nose, beak, door, each eye), where close-up training views
+    aim; empty for scenes without any. Each centre is the mean of a 96^3 grid's points inside the part."""
+    scene = scene_for_prompt(prompt)
+    named = [part for part in scene.parts if part.name]
+    if not named:
+        return []
+    axis = torch.linspace(-1, 1, 96)
+    grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+    centres = []
+    for part in named:
+        inside = grid[part.distance(grid) < 0]
+        centres.append(tuple(inside.mean(dim=0).tolist()))
+    return centres
 
 
 def all_prompts() -> list[str]:

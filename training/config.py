@@ -55,6 +55,7 @@ class PromptSection:
     train_fraction: float = 0.6
     split_seed: int = 0
     validation: list[str] = field(default_factory=list)  # prompts rendered to orbit videos during training
+    detail_weight: float = 1.0  # prompts with small named parts (the set's detail_points) drawn this many times as often
 
 
 @dataclass
@@ -68,6 +69,8 @@ class RenderSection:
     front_bias: float = 0.0
     shading: dict[str, float] = field(default_factory=lambda: {"albedo": 0.5, "lambertian": 0.4, "textureless": 0.1})
     ambient: float = 0.1
+    close_up: float = 0.0  # probability that a view of a prompt with small named parts is a close-up of one of them
+    close_up_zoom: list[float] = field(default_factory=lambda: [2.0, 4.0])  # the close-up's fov is divided by this
 
 
 @dataclass
@@ -175,6 +178,14 @@ def check_config(cfg: TrainConfig) -> None:
 
     if p.estimator not in ESTIMATORS:
         raise ValueError(f"prior.estimator must be one of {list(ESTIMATORS)}, got {p.estimator!r}")
+    r = cfg.render
+    if not 0 <= r.close_up <= 1:
+        raise ValueError(f"render.close_up is a probability in [0, 1], got {r.close_up}")
+    if len(r.close_up_zoom) != 2 or not 1 <= r.close_up_zoom[0] <= r.close_up_zoom[1]:
+        raise ValueError(f"render.close_up_zoom must be [low, high] with 1 <= low <= high, got {r.close_up_zoom}")
+    if cfg.prompts.detail_weight <= 0:
+        raise ValueError(f"prompts.detail_weight must be > 0 (1 draws every prompt alike), got "
+                         f"{cfg.prompts.detail_weight}")
     ob = cfg.objective
     if ob.mode == "supervised" and (ob.opacity_entropy or ob.opacity_sparsity or ob.depth_variance):
         raise ValueError("objective.opacity_entropy / opacity_sparsity / depth_variance apply to SDS only; the "

@@ -7,7 +7,8 @@
 - more sets plug in with ``register_prompt_set``. A set that is not registered yet is looked for as a package of
   the same name, whose import registers it (``toyworld`` does so): the generic code never imports a set's
   package by name, so there is no import cycle.
-- a set with exact scenes also registers their renderer (``ground_truth``), which the supervised objective needs.
+- a set with exact scenes also registers their renderer (``ground_truth``), which the supervised objective needs,
+  and may name where each prompt's small details are (``detail_points``), which close-up views aim at.
 """
 
 from __future__ import annotations
@@ -69,16 +70,21 @@ def split(prompts: list[str], train_fraction: float = 0.6, seed: int = 0) -> tup
 
 _REGISTRY: dict[str, Callable[..., tuple[list[str], list[str]]]] = {}
 _GROUND_TRUTH: dict[str, Callable] = {}
+_DETAIL_POINTS: dict[str, Callable[[str], list[tuple[float, float, float]]]] = {}
 
 
 def register_prompt_set(name: str, make: Callable[..., tuple[list[str], list[str]]],
-                        ground_truth: Callable | None = None) -> None:
+                        ground_truth: Callable | None = None,
+                        detail_points: Callable[[str], list[tuple[float, float, float]]] | None = None) -> None:
     """Add a set: ``make(**options)`` returns (train prompts, held-out prompts). ``ground_truth(prompt, cameras,
     resolution, background, shading, light_dirs, ambient)`` -> (linear RGB, mask, depth), when the set has exact
-    scenes, renders them for the supervised objective."""
+    scenes, renders them for the supervised objective. ``detail_points(prompt)`` -> the world-space centres of the
+    prompt's small named parts (a snowman's nose; empty for a plain cube), for close-up training views."""
     _REGISTRY[name] = make
     if ground_truth is not None:
         _GROUND_TRUTH[name] = ground_truth
+    if detail_points is not None:
+        _DETAIL_POINTS[name] = detail_points
 
 
 def _find(name: str) -> None:
@@ -94,6 +100,16 @@ def ground_truth_renderer(name: str) -> Callable:
         raise ValueError(f"prompt set {name!r} has no exact scenes, so it cannot train the supervised objective; "
                          f"sets with exact scenes: {sorted(_GROUND_TRUTH)} (or set mode = \"sds\")")
     return _GROUND_TRUTH[name]
+
+
+def detail_points_finder(name: str) -> Callable[[str], list[tuple[float, float, float]]]:
+    """Where set ``name`` says each prompt's small details are, or a ValueError naming the sets that say so."""
+    _find(name)
+    if name not in _DETAIL_POINTS:
+        raise ValueError(f"prompt set {name!r} does not say where its prompts' small parts are, so close-up views "
+                         f"(render.close_up > 0, prompts.detail_weight != 1) cannot aim at them; sets that do: "
+                         f"{sorted(_DETAIL_POINTS)}")
+    return _DETAIL_POINTS[name]
 
 
 register_prompt_set("animals", lambda train_fraction=0.6, seed=0, **_: split(animals(), train_fraction, seed))

@@ -46,8 +46,8 @@ from .clip_model import CLIPScorer
 from .config import TrainConfig
 from .guidance import DiffusionGuidance
 from .perpneg import SeverityCache, adaptive_scale
-from .prompt_sets import ground_truth_renderer, load_prompt_set
-from .sampling import CameraRanges, alpha_schedule, sample_views
+from .prompt_sets import detail_points_finder, ground_truth_renderer, load_prompt_set
+from .sampling import CameraRanges, alpha_schedule, close_up_views, sample_views
 from .state import load_optimizer_state, optimizer_state
 
 log = logging.getLogger("instant3d.train")
@@ -144,6 +144,11 @@ class Trainer:
         )
         self.ground_truth = ground_truth_renderer(cfg.prompts.set) if self.supervised else None
         self.shard = self.train_prompts[self.dist.rank :: self.dist.world] or self.train_prompts
+        self.detail_points = self.prompt_weights = None
+        if cfg.render.close_up > 0 or cfg.prompts.detail_weight != 1:
+            self.detail_points = detail_points_finder(cfg.prompts.set)
+            self.prompt_weights = torch.tensor([cfg.prompts.detail_weight if self.detail_points(p) else 1.0
+                                                for p in self.shard])
         self.model = self._build_model().to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
         self.ema = None
@@ -282,10 +287,16 @@ class Trainer:
 
     def compute_loss(self, gen: torch.Generator, alpha: float):
         cfg, b = self.cfg, self.cfg.optim.batch_size
-        prompts = [self.shard[int(i)] for i in torch.randint(len(self.shard), (b,), generator=gen)]
+        if self.prompt_weights is None:
+            drawn = torch.randint(len(self.shard), (b,), generator=gen)
+        else:
+            drawn = torch.multinomial(self.prompt_weights, b, replacement=True, generator=gen)
+        prompts = [self.shard[int(i)] for i in drawn]
         tokens, pooled = self.text_encoder.encode(prompts)
         z = torch.randn(b, self.model.config.generator.z_dim, generator=gen).to(self.device)
         views = sample_views(b, self.ranges, cfg.render.shading, gen, self.device)
+        if cfg.render.close_up > 0:
+            views = self._close_ups(prompts, views, gen)
         origins, dirs = generate_rays(views.cameras, cfg.render.resolution)
         options = dict(num_samples=cfg.render.samples, num_importance=cfg.render.importance,
                        background=views.background, generator=gen, alpha=alpha, shading=views.shading,
@@ -317,6 +328,20 @@ class Trainer:
         loss = sds.loss + cfg.clip.weight * clip_loss + self._opacity_terms(opacity, depth_variance, stats)
         stats.update(sds=float(sds.loss.detach()), clip=float(clip_loss.detach()), sds_grad=sds.grad_norm)
         return loss, stats
+
+    def _close_ups(self, prompts: list[str], views, gen: torch.Generator):
+        """Turn each view of a prompt with small named parts, with probability ``render.close_up``, into a close-up
+        of one of those parts (drawn at random)."""
+        targets, chosen = torch.zeros(len(prompts), 3), torch.zeros(len(prompts), dtype=torch.bool)
+        draws = torch.rand(len(prompts), 2, generator=gen)
+        for i, prompt in enumerate(prompts):
+            points = self.detail_points(prompt)
+            if points and draws[i, 0] < self.cfg.render.close_up:
+                targets[i] = torch.tensor(points[int(draws[i, 1] * len(points))])
+                chosen[i] = True
+        if not chosen.any():
+            return views
+        return close_up_views(views, targets, chosen, self.ranges, tuple(self.cfg.render.close_up_zoom), gen)
 
     def annealed_t_max(self) -> float | None:
         """The largest diffusion timestep (a fraction) this step may draw: prior.t_max falling linearly to

@@ -205,3 +205,40 @@ def test_prior_eval_prints_its_table_and_writes_the_grid(tmp_path, monkeypatch, 
         assert abs(r["view_accuracy"] - (r["view_front"] + r["view_back"]) / 2) < 1e-9
     image = Image.open(grid)
     assert image.size == (300 + 2 * 16 * 3, 36 + len(prior_eval.GRID_PROMPTS) * 16 * 3)
+    assert prior_eval.main(["--prior", str(prior), "--clip", str(clip), "--view-limit", "2", "--cfg", "3",
+                            "--samples", "1", "--steps", "2", "--grid", "", "--views-only", "--perp-neg",
+                            "--output", str(report)]) == 0
+    assert capsys.readouterr().out.count("| held-out | 3, Perp-Neg views |") == 1
+    rows = json.loads(report.read_text())["rows"]
+    assert [r.get("perp_neg", False) for r in rows] == [False, True]
+    assert all(abs(r["view_accuracy"] - (r["view_front"] + r["view_back"]) / 2) < 1e-9 for r in rows)
+
+
+def test_perp_neg_samples_are_guided_as_sds_guides_a_back_view(tmp_path):
+    """At azimuth 180 the back caption is the positive, and "front" (weight 1.967) and "side" (0.394) are pushed
+    away along their components orthogonal to it: checked against a float64 reference built from single UNet
+    calls."""
+    from toyworld import prior_eval
+
+    guidance = DiffusionGuidance.from_folder(save_random_prior(tmp_path / "prior", latent=False, sample_size=16),
+                                             perp_neg="none")
+    prompts = ["a red cube", "a white snowman with a carrot nose"]
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    t, cfg = torch.tensor(500), 3.0
+    got = prior_eval._perp_neg_step(guidance, x, t, prompts, 180.0, cfg)
+
+    def eps(texts):
+        tokens, _ = guidance.text_encoder.encode(texts)
+        return guidance.predict_noise(x, torch.full((2,), 500), tokens).double()
+
+    _, uncond = guidance.view_embeddings(prompts[:1])
+    u = guidance.predict_noise(x, torch.full((2,), 500), uncond.expand(2, *uncond.shape)).double()
+    pos = eps([p + ", back view" for p in prompts]) - u
+    total = pos.clone()
+    for view, weight in ((", side view", 1 - 0.606), (", front view", 1 + 0.967)):
+        neg = eps([p + view for p in prompts]) - u
+        along = (neg * pos).sum(dim=(1, 2, 3), keepdim=True) / (pos * pos).sum(dim=(1, 2, 3), keepdim=True)
+        total -= weight * (neg - along * pos)
+    expected = u + cfg * total
+    assert torch.allclose(got.double(), expected, atol=1e-4 * expected.abs().max().item())
+    assert not torch.allclose(got.double(), u + cfg * pos, atol=1e-3)  # the negatives did change it

@@ -11,6 +11,8 @@ Prints a markdown table, one row per split (held-out / train) and CFG:
   a sample counts as right when a small view judge trained on ground-truth renders (``view_judge``) puts it on
   its caption's side (chance 0.5; the judge's own accuracy on fresh ground-truth renders is printed as the
   ceiling; the evaluation CLIP could not serve: at 32^2 it tells true fronts from backs only 65 % of the time);
+  with ``--perp-neg`` the view rows are also measured with the captions' views guided by Perp-Neg, exactly as SDS
+  guides its renders (threestudio's view blend and negative weights at azimuth 0 / 180, elevation 15);
 - diffusion-classifier accuracy per attribute on ground-truth renders (``prior_probe``), one row per split.
 and writes a PNG grid of samples (rows: prompts; columns: front / back view at each CFG of ``--grid-cfg``).
 """
@@ -32,6 +34,7 @@ from instant3d.render.color import linear_to_srgb  # noqa: E402
 
 from training.clip_model import CLIPScorer  # noqa: E402
 from training.guidance import DiffusionGuidance  # noqa: E402
+from training.perpneg import perp_neg_guidance, view_blend  # noqa: E402
 from .prior_probe import diffusion_classifier, probe_images, view_probe_images  # noqa: E402
 from .render import render_scene  # noqa: E402
 from .scenes import all_prompts, prompt_split, scene_for_prompt, spread_subset  # noqa: E402
@@ -42,11 +45,27 @@ GRID_PROMPTS = ("a red cube", "a large green sphere", "a small yellow cone", "a 
                 "a white snowman with a carrot nose", "a yellow duck with an orange beak", "a blue house with a door")
 
 
+def _perp_neg_step(guidance: DiffusionGuidance, x, t, prompts: list[str], azimuth: float, cfg: float,
+                   elevation: float = 15.0) -> torch.Tensor:
+    """The guided noise prediction SDS uses for ``prompts`` seen from ``azimuth``: the view-blended positive caption
+    and the negatives at their Perp-Neg weights (training.guidance, ``perp_neg="fixed"``)."""
+    views, uncond = guidance.view_embeddings(prompts)
+    blend = view_blend(torch.full((len(prompts),), float(azimuth)), elevation)
+    positive = torch.einsum("bv,bvld->bld", blend.positive.to(views), views)
+    negatives = torch.einsum("bkv,bvld->bkld", blend.negatives.to(views), views)
+    emb = torch.cat([positive, uncond.expand_as(positive), negatives[:, 0], negatives[:, 1]])
+    tt = torch.full((4 * len(prompts),), int(t), device=guidance.device)
+    eps_pos, eps_u, eps_n0, eps_n1 = guidance.predict_noise(torch.cat([x] * 4), tt, emb).chunk(4)
+    return perp_neg_guidance(eps_u, eps_pos, torch.stack([eps_n0, eps_n1], dim=1),
+                             blend.negative_weights.to(guidance.device), cfg)
+
+
 @torch.no_grad()
 def sample(guidance: DiffusionGuidance, prompts: list[str], cfg: float, steps: int = 25, seed: int = 0,
-           batch: int = 64) -> torch.Tensor:
+           batch: int = 64, perp_neg_azimuth: float | None = None) -> torch.Tensor:
     """DDIM samples (B, 3, H, W) in [0, 1] of full captions, with classifier-free guidance at ``cfg``; the noise of
-    sample i depends only on (seed, i), so two caption lists of the same length share their noise."""
+    sample i depends only on (seed, i), so two caption lists of the same length share their noise. With
+    ``perp_neg_azimuth``, ``prompts`` are view-less and each step is guided by Perp-Neg for that azimuth."""
     from diffusers import DDIMScheduler
 
     size = guidance.unet.config.sample_size
@@ -63,6 +82,9 @@ def sample(guidance: DiffusionGuidance, prompts: list[str], cfg: float, steps: i
         emb = torch.cat([tokens, uncond.expand_as(tokens)])
         x = noise[start : start + len(chunk)].to(guidance.device)
         for t in ddim.timesteps:
+            if perp_neg_azimuth is not None:
+                x = ddim.step(_perp_neg_step(guidance, x, t, chunk, perp_neg_azimuth, cfg), t, x).prev_sample
+                continue
             tt = torch.full((2 * len(chunk),), int(t), device=guidance.device)
             eps = guidance.predict_noise(torch.cat([x, x]), tt, emb)  # v-prediction converted to epsilon
             cond, unc = eps.chunk(2)
@@ -94,14 +116,20 @@ def ground_truth_front(prompts: list[str], size: int, seed: int = 0) -> torch.Te
     return torch.stack(images)
 
 
-def view_accuracy(guidance, judge, prompts: list[str], cfg: float, samples: int, steps: int) -> dict[str, float]:
+def view_accuracy(guidance, judge, prompts: list[str], cfg: float, samples: int, steps: int,
+                  perp_neg: bool = False) -> dict[str, float]:
     """Share of ", front view" / ", back view" samples (the same noise for both) that the view judge, trained on
     ground-truth renders, puts on the side their caption names (chance 0.5), overall and per side: a prior that
-    draws every object from the back scores 1 on "back" and 0 on "front"."""
+    draws every object from the back scores 1 on "back" and 0 on "front". ``perp_neg``: views guided as SDS
+    guides them (azimuth 0 and 180) instead of plain CFG on the view caption."""
     fronts, backs = [], []
     for seed in range(samples):
-        front = sample(guidance, [p + ", front view" for p in prompts], cfg, steps, seed)
-        back = sample(guidance, [p + ", back view" for p in prompts], cfg, steps, seed)
+        if perp_neg:
+            front = sample(guidance, prompts, cfg, steps, seed, perp_neg_azimuth=0.0)
+            back = sample(guidance, prompts, cfg, steps, seed, perp_neg_azimuth=180.0)
+        else:
+            front = sample(guidance, [p + ", front view" for p in prompts], cfg, steps, seed)
+            back = sample(guidance, [p + ", back view" for p in prompts], cfg, steps, seed)
         fronts += judged_front(judge, front).float().tolist()
         backs += (~judged_front(judge, back)).float().tolist()
     return {"all": (sum(fronts) + sum(backs)) / (len(fronts) + len(backs)), "front": sum(fronts) / len(fronts),
@@ -147,6 +175,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-classifier", action="store_true", help="skip the diffusion-classifier rows")
     parser.add_argument("--output", default=None, help="also write the numbers as JSON")
     parser.add_argument("--views-only", action="store_true", help="only the view-accuracy rows (cheap)")
+    parser.add_argument("--perp-neg", action="store_true",
+                        help="add view-accuracy rows with the views guided by Perp-Neg, as SDS guides them")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     guidance = DiffusionGuidance.from_folder(args.prior, perp_neg="none")
@@ -186,6 +216,12 @@ def main(argv=None) -> int:
                     if "view_accuracy" in row else "")
             print(f"| {split} | {cfg:g} | {row.get('r_precision', float('nan')):.3f} | {view} | "
                   f"{len(prompts)} x {args.samples} |", flush=True)
+            if split == "held-out" and args.perp_neg:
+                views = view_accuracy(guidance, judge, fronts, cfg, args.samples, args.steps, perp_neg=True)
+                report["rows"].append({"split": split, "cfg": cfg, "perp_neg": True, "view_accuracy": views["all"],
+                                       "view_front": views["front"], "view_back": views["back"]})
+                print(f"| {split} | {cfg:g}, Perp-Neg views | | {views['all']:.3f} (front {views['front']:.2f}, "
+                      f"back {views['back']:.2f}) | |", flush=True)
     if not args.no_classifier and not args.views_only:
         print("\n| split | diffusion classifier: colour | shape | size | binding | all one-attribute rivals | "
               "view (front-facing) |")

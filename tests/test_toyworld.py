@@ -89,6 +89,21 @@ def test_detail_points_lie_in_the_named_parts_and_plain_shapes_have_none():
     assert detail_points("a red cube") == [] and detail_points("a red cube on top of a blue sphere") == []
 
 
+def test_detail_coverage_marks_the_named_parts_only():
+    cams = orbit_cameras([0.0, 180.0], 10.0, 3.2, 40.0)
+    snowman = scene_for_prompt("a white snowman with a carrot nose")
+    img, mask, depth, detail = render_scene(snowman, cams, 48, torch.zeros(2, 3), return_depth=True,
+                                            return_detail=True)
+    assert detail.shape == mask.shape and (detail <= mask + 1e-6).all()
+    # the nose and eyes face the front camera only, and cover ~10 of its 2 304 pixels: why close-ups exist
+    assert 3 < detail[0].sum() < 40 and detail[1].sum() == 0
+    carrot = torch.tensor(snowman.parts[2].colour)
+    assert ((img[0][detail[0] == 1] - carrot).norm(dim=-1) < 0.05).any()  # some marked pixels show the nose
+    _, _, cube_detail = render_scene(scene_for_prompt("a red cube"), cams, 48, torch.zeros(2, 3),
+                                     return_detail=True)
+    assert cube_detail.sum() == 0
+
+
 def test_render_colours_backgrounds_and_coverage():
     s = scene_for_prompt("a large blue sphere")
     cams = orbit_cameras([0, 90], [0, 30], 3.2, 40)

@@ -611,6 +611,35 @@ def test_supervised_objective_trains_against_ground_truth_renders(tmp_path):
     assert [c.name for c in _checkpoints(tmp_path)] == ["step-0000008"]
 
 
+@pytest.mark.slow
+def test_detail_pixels_weigh_colour_and_coverage_errors(tmp_path):
+    """The supervised loss against a float64 reference, with the ground truth replaced by known tensors."""
+    from training.sampling import sample_views
+    from training.trainer import Trainer
+
+    cfg = load_config(SMOKE, [f'run.output_dir="{tmp_path}"', 'objective.mode="supervised"', 'prompts.set="toyworld"',
+                              "prompts.validation=[]", "objective.detail_pixel_weight=4.0", "objective.mask_weight=0.5"])
+    trainer = Trainer(cfg)
+    res, gen = cfg.render.resolution, torch.Generator().manual_seed(1)
+    truth = [(torch.rand(1, res, res, 3, generator=gen), torch.rand(1, res, res, generator=gen),
+              torch.zeros(1, res, res), (torch.rand(1, res, res, generator=gen) > 0.8).float()) for _ in range(2)]
+    trainer.ground_truth = lambda prompt, *args: truth[int(prompt == "b")]
+    images, opacity = torch.rand(2, 3, res, res, generator=gen), torch.rand(2, res, res, generator=gen)
+    views = sample_views(2, trainer.ranges, {"albedo": 1.0}, gen)
+    loss, stats = trainer._photometric_loss(["a", "b"], views, images, opacity, torch.zeros(2, res, res), {})
+    from instant3d.render.color import linear_to_srgb
+
+    target = linear_to_srgb(torch.cat([t[0] for t in truth])).permute(0, 3, 1, 2).double()
+    mask, detail = torch.cat([t[1] for t in truth]).double(), torch.cat([t[3] for t in truth]).double()
+    colour = ((images.double() - target) ** 2).mean(dim=1)
+    coverage = (opacity.double() - mask) ** 2
+    expected = (colour + 4 * detail * colour).mean() + 0.5 * (coverage + 4 * detail * coverage).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert stats["detail_pixels"] == detail.sum().item()
+    with pytest.raises(ValueError, match="needs objective.mode"):
+        load_config(SMOKE, [f'run.output_dir="{tmp_path}"', "objective.detail_pixel_weight=1.0"])
+
+
 def test_lr_schedule_resumes_at_the_current_step(tmp_path):
     import math
 

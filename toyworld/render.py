@@ -26,10 +26,11 @@ def _normals(scene: Scene, points: torch.Tensor, eps: float = 1e-3) -> torch.Ten
 @torch.no_grad()
 def render_scene(scene: Scene, cameras: Cameras, size: int, background: torch.Tensor, shading: str = "albedo",
                  light_dirs: torch.Tensor | None = None, ambient: float = 0.1, supersample: int = 2,
-                 max_steps: int = 96, bound: float = 1.0, return_depth: bool = False):
+                 max_steps: int = 96, bound: float = 1.0, return_depth: bool = False, return_detail: bool = False):
     """Images (B, size, size, 3) linear and coverage (B, size, size) of ``scene`` from each camera
     [and, with ``return_depth``, the mean distance along the ray to the surface over the pixel's hit sub-pixels
-    (B, size, size), 0 where nothing is hit].
+    (B, size, size), 0 where nothing is hit] [and, with ``return_detail``, the pixel's coverage by the scene's small
+    named parts (nose, beak, door, eyes), (B, size, size)].
 
     ``background`` (B, 3) linear; ``shading`` as the training renderer: "albedo", "lambertian" (albedo x
     (ambient + (1 - ambient) max(n.l, 0))) or "textureless" (white, shaded); ``light_dirs`` (B, 3).
@@ -52,7 +53,12 @@ def render_scene(scene: Scene, cameras: Cameras, size: int, background: torch.Te
         active[idx[done]] = False
     points = origins + dirs * t[:, None]
     colour = torch.zeros(origins.shape[0], 3)
+    detail = torch.zeros(origins.shape[0])
     idx = hit.nonzero().squeeze(-1)
+    named = torch.tensor([bool(part.name) for part in scene.parts])
+    if idx.numel() and return_detail and named.any():  # the part whose surface is nearest, as Scene.albedo picks
+        nearest = torch.stack([part.distance(points[idx]) for part in scene.parts], dim=-1).argmin(dim=-1)
+        detail[idx] = named[nearest].float()
     if idx.numel():
         albedo = scene.albedo(points[idx])
         if shading == "albedo":
@@ -64,20 +70,23 @@ def render_scene(scene: Scene, cameras: Cameras, size: int, background: torch.Te
     mask = hit.float().view(b, hi, hi, 1)
     image = colour.view(b, hi, hi, 3) * mask + background.view(b, 1, 1, 3) * (1 - mask)
     depth = torch.where(hit, t, torch.zeros_like(t)).view(b, hi, hi, 1)
+    detail = detail.view(b, hi, hi, 1)
     if supersample > 1:  # box filter down to the requested size
-        image = F.avg_pool2d(image.permute(0, 3, 1, 2), supersample).permute(0, 2, 3, 1)
-        depth = F.avg_pool2d(depth.permute(0, 3, 1, 2), supersample).permute(0, 2, 3, 1)
-        mask = F.avg_pool2d(mask.permute(0, 3, 1, 2), supersample).permute(0, 2, 3, 1)
+        pool = lambda x: F.avg_pool2d(x.permute(0, 3, 1, 2), supersample).permute(0, 2, 3, 1)  # noqa: E731
+        image, depth, mask, detail = pool(image), pool(depth), pool(mask), pool(detail)
+    extra = []
     if return_depth:
-        return image, mask[..., 0], torch.where(mask > 0, depth / mask.clamp_min(1e-8), depth)[..., 0]
-    return image, mask[..., 0]
+        extra.append(torch.where(mask > 0, depth / mask.clamp_min(1e-8), depth)[..., 0])
+    if return_detail:
+        extra.append(detail[..., 0])
+    return (image, mask[..., 0], *extra)
 
 
 def render_prompt(prompt: str, cameras: Cameras, size: int, background: torch.Tensor, shading: str = "albedo",
                   light_dirs: torch.Tensor | None = None, ambient: float = 0.1):
-    """The exact scene of a toy-world prompt: (linear image, coverage, depth), the supervised objective's target
-    (registered with the prompt set as its ``ground_truth``)."""
+    """The exact scene of a toy-world prompt: (linear image, coverage, depth, coverage by its small named parts),
+    the supervised objective's target (registered with the prompt set as its ``ground_truth``)."""
     from .scenes import scene_for_prompt
 
     return render_scene(scene_for_prompt(prompt), cameras, size, background, shading, light_dirs, ambient,
-                        return_depth=True)
+                        return_depth=True, return_detail=True)

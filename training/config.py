@@ -22,6 +22,7 @@ class ObjectiveSection:
     mode: str = "sds"  # sds | supervised (photometric loss against ground-truth renders: prompt sets with exact scenes)
     mask_weight: float = 0.1  # supervised: weight of the coverage (opacity vs ground-truth mask) term
     depth_weight: float = 0.0  # supervised: weight of |rendered depth - true depth| on fully covered pixels
+    detail_pixel_weight: float = 0.0  # supervised: extra weight of colour and coverage errors on small named parts
     opacity_entropy: float = 0.0  # SDS only: weight of the binary entropy of each pixel's opacity (haze -> 0 or 1)
     opacity_sparsity: float = 0.0  # SDS only: weight of the mean opacity (fewer floaters; too much erases thin shapes)
     depth_variance: float = 0.0  # SDS only: weight of the z-variance of half-opaque rays: a thin surface, not a fog
@@ -187,6 +188,11 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"prompts.detail_weight must be > 0 (1 draws every prompt alike), got "
                          f"{cfg.prompts.detail_weight}")
     ob = cfg.objective
+    if ob.detail_pixel_weight < 0:
+        raise ValueError(f"objective.detail_pixel_weight must be >= 0, got {ob.detail_pixel_weight}")
+    if ob.detail_pixel_weight and ob.mode != "supervised":
+        raise ValueError("objective.detail_pixel_weight weighs errors against ground-truth renders, so it needs "
+                         "objective.mode = \"supervised\"")
     if ob.mode == "supervised" and (ob.opacity_entropy or ob.opacity_sparsity or ob.depth_variance):
         raise ValueError("objective.opacity_entropy / opacity_sparsity / depth_variance apply to SDS only; the "
                          "supervised objective already fits opacity and depth to the ground truth: set them to 0")

@@ -77,8 +77,9 @@ def register_prompt_set(name: str, make: Callable[..., tuple[list[str], list[str
                         ground_truth: Callable | None = None,
                         detail_points: Callable[[str], list[tuple[float, float, float]]] | None = None) -> None:
     """Add a set: ``make(**options)`` returns (train prompts, held-out prompts). ``ground_truth(prompt, cameras,
-    resolution, background, shading, light_dirs, ambient)`` -> (linear RGB, mask, depth), when the set has exact
-    scenes, renders them for the supervised objective. ``detail_points(prompt)`` -> the world-space centres of the
+    resolution, background, shading, light_dirs, ambient)`` -> (linear RGB, mask, depth, detail), when the set has
+    exact scenes, renders them for the supervised objective (``detail``: each pixel's coverage by small named
+    parts, zeros where a scene has none). ``detail_points(prompt)`` -> the world-space centres of the
     prompt's small named parts (a snowman's nose; empty for a plain cube), for close-up training views."""
     _REGISTRY[name] = make
     if ground_truth is not None:

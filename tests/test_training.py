@@ -271,6 +271,8 @@ def test_close_up_settings_are_checked(tmp_path):
         load_config(SMOKE, base + ["render.close_up=1.5"])
     with pytest.raises(ValueError, match="close_up_zoom"):
         load_config(SMOKE, base + ["render.close_up_zoom=[0.5, 2.0]"])
+    with pytest.raises(ValueError, match="render.close_up_back is a probability"):
+        load_config(SMOKE, base + ["render.close_up_back=-0.1"])
     with pytest.raises(ValueError, match="detail_weight must be > 0"):
         load_config(SMOKE, base + ["prompts.detail_weight=0"])
     from training.prompt_sets import detail_points_finder
@@ -307,6 +309,13 @@ def test_close_ups_aim_at_the_small_parts_of_prompts_drawn_more_often(tmp_path, 
     for prompt, target, close in zip(prompts, targets, chosen):  # every view of one (close_up = 1) is a close-up
         assert bool(close) == bool(detail_points(prompt))  # of one of its own parts
         assert not close or any(torch.allclose(target, torch.tensor(p)) for p in detail_points(prompt))
+    trainer.cfg.render.close_up_back = 1.0  # every close-up now looks at a part's mirror image, from behind
+    calls.clear()
+    trainer.compute_loss(torch.Generator().manual_seed(0), 1.0)
+    prompts, (targets, chosen) = calls
+    for prompt, target, close in zip(prompts, targets, chosen):
+        mirrors = [torch.tensor(p) * torch.tensor([1.0, 1.0, -1.0]) for p in detail_points(prompt)]
+        assert not close or any(torch.allclose(target, m) for m in mirrors)
     trainer.train()
     assert [c.name for c in _checkpoints(tmp_path)] == ["step-0000002"]
 

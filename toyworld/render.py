@@ -30,7 +30,7 @@ def render_scene(scene: Scene, cameras: Cameras, size: int, background: torch.Te
     """Images (B, size, size, 3) linear and coverage (B, size, size) of ``scene`` from each camera
     [and, with ``return_depth``, the mean distance along the ray to the surface over the pixel's hit sub-pixels
     (B, size, size), 0 where nothing is hit] [and, with ``return_detail``, the pixel's coverage by the scene's small
-    named parts (nose, beak, door, eyes), (B, size, size)].
+    named parts (nose, beak, door, eyes) or by any surface in line with one along z, (B, size, size)].
 
     ``background`` (B, 3) linear; ``shading`` as the training renderer: "albedo", "lambertian" (albedo x
     (ambient + (1 - ambient) max(n.l, 0))) or "textureless" (white, shaded); ``light_dirs`` (B, 3).
@@ -57,8 +57,15 @@ def render_scene(scene: Scene, cameras: Cameras, size: int, background: torch.Te
     idx = hit.nonzero().squeeze(-1)
     named = torch.tensor([bool(part.name) for part in scene.parts])
     if idx.numel() and return_detail and named.any():  # the part whose surface is nearest, as Scene.albedo picks
-        nearest = torch.stack([part.distance(points[idx]) for part in scene.parts], dim=-1).argmin(dim=-1)
-        detail[idx] = named[nearest].float()
+        hits = points[idx]
+        nearest = torch.stack([part.distance(hits) for part in scene.parts], dim=-1).argmin(dim=-1)
+        # ... or any surface in front of or behind a part (the same x, y): the triplane's XY plane gives every
+        # (x, y, z) the same features, so what a front part teaches there must be unlearnt as hard at the back
+        depths = torch.linspace(-bound, bound, 64)
+        column = torch.cat([hits[:, None, :2].expand(-1, 64, 2), depths[None, :, None].expand(len(hits), 64, 1)],
+                           dim=-1).reshape(-1, 3)
+        inside = torch.stack([p.distance(column) for p in scene.parts if p.name], dim=-1).amin(dim=-1) < 0.02
+        detail[idx] = (named[nearest] | inside.view(len(hits), 64).any(dim=1)).float()
     if idx.numel():
         albedo = scene.albedo(points[idx])
         if shading == "albedo":
@@ -84,7 +91,8 @@ def render_scene(scene: Scene, cameras: Cameras, size: int, background: torch.Te
 
 def render_prompt(prompt: str, cameras: Cameras, size: int, background: torch.Tensor, shading: str = "albedo",
                   light_dirs: torch.Tensor | None = None, ambient: float = 0.1):
-    """The exact scene of a toy-world prompt: (linear image, coverage, depth, coverage by its small named parts),
+    """The exact scene of a toy-world prompt: (linear image, coverage, depth, coverage by its small named parts and
+    the surfaces in line with them along z, at the back),
     the supervised objective's target (registered with the prompt set as its ``ground_truth``)."""
     from .scenes import scene_for_prompt
 

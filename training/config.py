@@ -72,6 +72,7 @@ class RenderSection:
     ambient: float = 0.1
     close_up: float = 0.0  # probability that a view of a prompt with small named parts is a close-up of one of them
     close_up_zoom: list[float] = field(default_factory=lambda: [2.0, 4.0])  # the close-up's fov is divided by this
+    close_up_back: float = 0.0  # share of close-ups aimed at the part's mirror image through z = 0, from behind
 
 
 @dataclass
@@ -182,6 +183,8 @@ def check_config(cfg: TrainConfig) -> None:
     r = cfg.render
     if not 0 <= r.close_up <= 1:
         raise ValueError(f"render.close_up is a probability in [0, 1], got {r.close_up}")
+    if not 0 <= r.close_up_back <= 1:
+        raise ValueError(f"render.close_up_back is a probability in [0, 1], got {r.close_up_back}")
     if len(r.close_up_zoom) != 2 or not 1 <= r.close_up_zoom[0] <= r.close_up_zoom[1]:
         raise ValueError(f"render.close_up_zoom must be [low, high] with 1 <= low <= high, got {r.close_up_zoom}")
     if cfg.prompts.detail_weight <= 0:

@@ -331,13 +331,17 @@ class Trainer:
 
     def _close_ups(self, prompts: list[str], views, gen: torch.Generator):
         """Turn each view of a prompt with small named parts, with probability ``render.close_up``, into a close-up
-        of one of those parts (drawn at random)."""
+        of one of those parts (drawn at random); ``render.close_up_back`` of them look instead at the part's mirror
+        image through z = 0 from behind, where a triplane's XY plane repeats the front part's features."""
         targets, chosen = torch.zeros(len(prompts), 3), torch.zeros(len(prompts), dtype=torch.bool)
-        draws = torch.rand(len(prompts), 2, generator=gen)
+        draws = torch.rand(len(prompts), 3, generator=gen) if self.cfg.render.close_up_back else torch.rand(
+            len(prompts), 2, generator=gen)
         for i, prompt in enumerate(prompts):
             points = self.detail_points(prompt)
             if points and draws[i, 0] < self.cfg.render.close_up:
                 targets[i] = torch.tensor(points[int(draws[i, 1] * len(points))])
+                if self.cfg.render.close_up_back and draws[i, 2] < self.cfg.render.close_up_back:
+                    targets[i, 2] = -targets[i, 2]
                 chosen[i] = True
         if not chosen.any():
             return views

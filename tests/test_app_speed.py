@@ -40,9 +40,10 @@ def test_the_default_model_streams_to_a_browser(default_pipeline, tmp_path):
                 runs = []
                 # The first prompt warms the server up; each prompt runs on a fresh page, closed after it: an open
                 # 3D view, drawn by software WebGL on this machine's two cores, would slow the server the test
-                # times (a user's browser runs on the user's machine). The median of three new prompts is judged.
+                # times (a user's browser runs on the user's machine). The median of five new prompts is judged.
                 for prompt in ["a green cone", "a yellow duck with an orange beak", "a red cube on top of a blue "
-                               "sphere", "a white snowman with a carrot nose"]:
+                               "sphere", "a white snowman with a carrot nose", "a small purple torus",
+                               "a blue house with a door"]:
                     page = browser.new_page(viewport={"width": 1400, "height": 1100})
                     page.goto(f"http://127.0.0.1:{port}/")
                     page.locator("#prompt textarea").fill(prompt)
@@ -62,13 +63,13 @@ def test_the_default_model_streams_to_a_browser(default_pipeline, tmp_path):
                     page.close()
                     runs.append(times)
                 timed = runs[1:]
-                median = {k: sorted(r[k] for r in timed)[1] for k in timed[0]}
-                print("default model in Chromium, seconds after the click (median of 3 new prompts):",
+                median = {k: sorted(r[k] for r in timed)[len(timed) // 2] for k in timed[0]}
+                print("default model in Chromium, seconds after the click (median of 5 new prompts):",
                       {k: round(v, 2) for k, v in median.items()}, "runs:",
                       [{k: round(v, 2) for k, v in r.items()} for r in timed])
-                # The goal is 1 s, met alone on a quiet machine (median 0.57 s); inside the full suite the same run
-                # measured 0.8-1.0 s (the cause is not found yet), so the test guards 1.5 s against regressions.
-                assert median["first view"] <= 1.5, timed
+                # The bar. On a quiet 2-core VM the median is 0.55-0.69 s, alone or first in the full suite;
+                # the 0.8-1.0 s seen inside the suite before were measured with a training run beside it.
+                assert median["first view"] <= 1.0, timed
             finally:
                 browser.close()
     finally:

@@ -121,7 +121,7 @@ def extract_surface(source: DensitySource, opts: ExportOptions, timer: _Timer) -
     n, bound = opts.resolution, source.bound
     grid = source.density_grid(n).float().cpu().numpy().transpose(2, 1, 0)  # (x, y, z)
     timer.lap("grid")
-    level = auto_threshold(grid) if opts.threshold == "auto" else float(opts.threshold)
+    level = auto_threshold(grid, 2 * bound / n) if opts.threshold == "auto" else float(opts.threshold)
     lo, hi = float(grid.min()), float(grid.max())
     if not lo < level < hi:
         raise ExportError(

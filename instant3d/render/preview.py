@@ -59,7 +59,7 @@ class BakedVolume:
         keep = None
         if clean:
             density = grid[0].cpu().numpy()
-            keep = torch.from_numpy(object_mask(density, auto_threshold(density)))
+            keep = torch.from_numpy(object_mask(density, auto_threshold(density, 2 * field.cfg.bound / resolution)))
             grid[0] *= keep.to(grid)
         occupied = (grid[0] > occupancy_threshold).cpu().numpy()
         empty = not occupied.any()

@@ -121,7 +121,8 @@ def extract_surface(source: DensitySource, opts: ExportOptions, timer: _Timer) -
     n, bound = opts.resolution, source.bound
     grid = source.density_grid(n).float().cpu().numpy().transpose(2, 1, 0)  # (x, y, z)
     timer.lap("grid")
-    level = auto_threshold(grid, 2 * bound / n) if opts.threshold == "auto" else float(opts.threshold)
+    voxel = 2 * bound / n
+    level = auto_threshold(grid, voxel) if opts.threshold == "auto" else float(opts.threshold)
     lo, hi = float(grid.min()), float(grid.max())
     if not lo < level < hi:
         raise ExportError(
@@ -129,7 +130,6 @@ def extract_surface(source: DensitySource, opts: ExportOptions, timer: _Timer) -
             f"{n}^3 grid, so there is no surface to export. "
             + (f"Try a threshold between them (e.g. {0.5 * hi:.3g}) or 'auto'." if hi > 0 else "The object is empty.")
         )
-    voxel = 2 * bound / n
     # Pad with empty cells so that objects touching the box still give closed surfaces.
     padded = np.pad(grid, 1, mode="constant", constant_values=min(lo, 0.0))
     verts, faces, _, _ = marching_cubes(padded, level=level, spacing=(voxel, voxel, voxel))

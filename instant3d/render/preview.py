@@ -57,13 +57,13 @@ class BakedVolume:
         """
         grid = field.bake(planes, resolution, alpha=alpha)
         keep = None
+        voxel = 2 * field.cfg.bound / resolution
         if clean:
             density = grid[0].cpu().numpy()
-            keep = torch.from_numpy(object_mask(density, auto_threshold(density, 2 * field.cfg.bound / resolution)))
+            keep = torch.from_numpy(object_mask(density, auto_threshold(density, voxel)))
             grid[0] *= keep.to(grid)
         occupied = (grid[0] > occupancy_threshold).cpu().numpy()
         empty = not occupied.any()
-        voxel = 2 * field.cfg.bound / resolution
         if empty:
             free = torch.full((resolution**3,), float("inf"))
         else:

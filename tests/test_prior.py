@@ -9,7 +9,7 @@ from training.guidance import DiffusionGuidance
 from instant3d.testing.random_priors import save_random_prior
 from toyworld.prior_probe import (ProbeImage, attribute_alternatives, candidate_sets, denoising_errors,
                                            diffusion_classifier, prompt_fields)
-from toyworld.prior_train import build_scheduler, min_snr_weights
+from toyworld.prior_train import build_scheduler, denoising_loss, min_snr_weights
 
 
 def test_prompt_fields_and_one_attribute_alternatives():
@@ -145,6 +145,48 @@ def test_hard_pairs_differ_only_in_view_or_in_colour_binding():
             assert {first, second} == set(prompts[1:3])
             assert prompts[int(data.prompt_index[i])] == first and prompts[int(data.prompt_index[j])] == second
     assert sum(p[1].endswith(" view") for p in pairs) == 4  # half of each kind
+
+
+def test_rendered_sets_mark_the_small_parts_on_both_sides_and_old_caches_are_rerendered(tmp_path):
+    from toyworld.dataset import cached_set, load_set, save_set, view_label
+
+    prompts = ["a white snowman with a carrot nose", "a red cube"]
+    data = cached_set(tmp_path / "set.safetensors", prompts, 12, 16, seed=0, shading={"albedo": 1.0})
+    covered = data.detail.float().sum(dim=(1, 2)) / 255
+    snowman = data.prompt_index == 0
+    assert (covered[~snowman] == 0).all()  # a cube has no named parts
+    labels = [view_label(float(a), float(e)) for a, e in zip(data.azimuth, data.elevation)]
+    for side in ("front", "back"):  # the nose in front, what lies in line with it behind
+        chosen = [i for i in range(len(labels)) if labels[i] == side and snowman[i]]
+        assert chosen and all(covered[i] > 0 for i in chosen), side
+    assert (covered[snowman] < 0.2 * 16 * 16).all()  # small parts, not the body
+    # a set cached before the coverage was kept loads as it is, unless the coverage is needed
+    data.detail = None
+    save_set(data, tmp_path / "set.safetensors")
+    assert cached_set(tmp_path / "set.safetensors", prompts, 12, 16, seed=0, shading={"albedo": 1.0}).detail is None
+    again = cached_set(tmp_path / "set.safetensors", prompts, 12, 16, seed=0, shading={"albedo": 1.0},
+                       need_detail=True)
+    assert again.detail is not None and torch.equal(again.images, data.images)
+    assert load_set(tmp_path / "set.safetensors").detail is not None
+
+
+def test_the_denoising_loss_weights_the_parts_pixels_as_a_direct_loop_does():
+    gen = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(2, 3, 4, 4, generator=gen), torch.randn(2, 3, 4, 4, generator=gen)
+    detail = torch.zeros(2, 4, 4)
+    detail[0, 1, 2], detail[1, 3, 3] = 1.0, 0.5
+    loss = denoising_loss(pred, target, detail, 10.0)
+    for b in range(2):  # float64 loop over pixels
+        total = 0.0
+        for y in range(4):
+            for x in range(4):
+                err = sum((float(pred[b, c, y, x]) - float(target[b, c, y, x])) ** 2 for c in range(3)) / 3
+                total += err * (1 + 10.0 * float(detail[b, y, x]))
+        assert abs(float(loss[b]) - total / 16) < 1e-5
+    plain = torch.nn.functional.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+    assert torch.allclose(denoising_loss(pred, target, detail, 0.0), plain)
+    assert torch.allclose(denoising_loss(pred, target, None, 10.0), plain)
+    assert (loss > plain).all()
 
 
 def test_an_unreadable_run_state_stops_the_run_instead_of_restarting_it(tmp_path):

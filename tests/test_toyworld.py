@@ -148,7 +148,7 @@ def test_tiny_recipe_world_to_priors_to_sds_to_evaluation(tmp_path):
     assert (clip_dir / "model.safetensors").exists() and "retrieval" in (clip_dir / "TRAINING.md").read_text()
     assert prior_train.main(["--clip", str(clip_dir), "--out", str(prior_dir), "--work", str(tmp_path / "w2"),
                              "--steps", "2", "--batch", "4", "--views", "2", "--size", "16", "--save-every", "2",
-                             "--max-prompts", "40", "--probe", "4"]) == 0
+                             "--max-prompts", "40", "--probe", "4", "--detail-weight", "10"]) == 0
     guidance = DiffusionGuidance.from_folder(prior_dir, perp_neg="adaptive")
     assert guidance.vae is None and guidance.input_size == 16
     assert guidance.prediction_type == "v_prediction"

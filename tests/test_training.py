@@ -275,10 +275,33 @@ def test_close_up_settings_are_checked(tmp_path):
         load_config(SMOKE, base + ["render.close_up_back=-0.1"])
     with pytest.raises(ValueError, match="detail_weight must be > 0"):
         load_config(SMOKE, base + ["prompts.detail_weight=0"])
+    with pytest.raises(ValueError, match="word_weights.yellow must be a number > 0"):
+        load_config(SMOKE, base + ["prompts.word_weights={yellow = 0}"])
+    with pytest.raises(ValueError, match="word_weights keys are single words"):
+        load_config(SMOKE, base + ['prompts.word_weights={"red cube" = 2.0}'])
+    import toyworld  # noqa: F401  (registers its set, so the message can name it even when this test runs alone)
     from training.prompt_sets import detail_points_finder
 
     with pytest.raises(ValueError, match="'portraits' does not say where its prompts' small parts are.*toyworld"):
         detail_points_finder("portraits")
+
+
+def test_word_weights_multiply_the_draws_of_prompts_holding_the_word():
+    from collections import Counter
+
+    from training.trainer import draw_weight
+
+    cfg = load_config(SMOKE, ["prompts.detail_weight=4.0", "prompts.word_weights={yellow = 3.0, brown = 2.0}"])
+    has_parts = lambda p: ["nose"] if "nose" in p else []  # noqa: E731
+    prompts = ["a red cube", "a yellow cube", "a yellow snowman with a carrot nose", "a Brown, yellow cone",
+               "a yellowish cube"]
+    weights = [draw_weight(p, cfg.prompts, has_parts) for p in prompts]
+    assert weights == [1.0, 3.0, 12.0, 6.0, 1.0]  # whole words only: "yellowish" is not "yellow"
+    assert draw_weight("a yellow snowman with a carrot nose", cfg.prompts) == 3.0  # no part finder: words only
+    drawn = Counter(torch.multinomial(torch.tensor(weights), 23000, replacement=True,
+                                      generator=torch.Generator().manual_seed(0)).tolist())
+    for i, w in enumerate(weights):  # the trainer draws with these weights: shares follow them
+        assert abs(drawn[i] / 23000 - w / sum(weights)) < 0.01
 
 
 @pytest.mark.slow

@@ -57,6 +57,8 @@ class PromptSection:
     split_seed: int = 0
     validation: list[str] = field(default_factory=list)  # prompts rendered to orbit videos during training
     detail_weight: float = 1.0  # prompts with small named parts (the set's detail_points) drawn this many times as often
+    # prompts holding a word drawn that many times as often, e.g. {yellow = 3.0}; weights of several words multiply
+    word_weights: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -190,6 +192,12 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.prompts.detail_weight <= 0:
         raise ValueError(f"prompts.detail_weight must be > 0 (1 draws every prompt alike), got "
                          f"{cfg.prompts.detail_weight}")
+    for word, weight in cfg.prompts.word_weights.items():
+        if not word or len(word.split()) != 1:
+            raise ValueError(f"prompts.word_weights keys are single words, got {word!r}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
+            raise ValueError(f"prompts.word_weights.{word} must be a number > 0 (1 draws as often as any other "
+                             f"prompt), got {weight!r}")
     ob = cfg.objective
     if ob.detail_pixel_weight < 0:
         raise ValueError(f"objective.detail_pixel_weight must be >= 0, got {ob.detail_pixel_weight}")

@@ -56,6 +56,16 @@ STATE_JSON = "trainer_state.json"
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
+def draw_weight(prompt: str, prompts_cfg, detail_points=None) -> float:
+    """How often ``prompt`` is drawn relative to a plain one: ``detail_weight`` if it names small parts, times the
+    weight of each of ``word_weights``' words it holds (whole words, any case)."""
+    weight = prompts_cfg.detail_weight if detail_points is not None and detail_points(prompt) else 1.0
+    words = set(prompt.lower().replace(",", " ").split())
+    for word, factor in prompts_cfg.word_weights.items():
+        if word.lower() in words:
+            weight *= factor
+    return weight
+
 class TrainingStopped(RuntimeError):
     """The run cannot go on (e.g. repeated non-finite losses); the message says why and what was kept."""
 
@@ -147,8 +157,8 @@ class Trainer:
         self.detail_points = self.prompt_weights = None
         if cfg.render.close_up > 0 or cfg.prompts.detail_weight != 1:
             self.detail_points = detail_points_finder(cfg.prompts.set)
-            self.prompt_weights = torch.tensor([cfg.prompts.detail_weight if self.detail_points(p) else 1.0
-                                                for p in self.shard])
+        if self.detail_points is not None or cfg.prompts.word_weights:
+            self.prompt_weights = torch.tensor([draw_weight(p, cfg.prompts, self.detail_points) for p in self.shard])
         self.model = self._build_model().to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
         self.ema = None

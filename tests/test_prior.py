@@ -57,7 +57,7 @@ def _mock_guidance(captions, true_caption_error, other_error):
                                      encode_images=lambda images: images * 2 - 1)
     truth = {i for c, i in guidance.text_encoder.index.items() if "red cube, front" in c}
 
-    def predict_noise(x_t, t, emb):
+    def predict_noise(x_t, t, emb, cameras=None):
         abar = guidance.alphas_cumprod[t].view(-1, 1, 1, 1)
         x0 = guidance.encode_images(guidance.image)
         eps = (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()  # the exact noise
@@ -121,7 +121,8 @@ def test_the_recipes_scheduler_predicts_v_on_the_cosine_schedule_and_guidance_co
     x, noise, t = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.tensor([10, 900])
     v = s.get_velocity(x, noise, t)
     x_t = s.add_noise(x, noise, t)
-    guidance = types.SimpleNamespace(alphas_cumprod=s.alphas_cumprod, prediction_type="v_prediction", dtype=torch.float32,
+    guidance = types.SimpleNamespace(alphas_cumprod=s.alphas_cumprod, prediction_type="v_prediction",
+                                     dtype=torch.float32, camera_conditioned=False,
                                      unet=lambda x_t, t, encoder_hidden_states: types.SimpleNamespace(sample=v))
     eps = DiffusionGuidance.predict_noise(guidance, x_t, t, torch.zeros(2, 1, 1))
     assert torch.allclose(eps, noise, atol=1e-4)  # the SDS code sees epsilon, whatever the prior predicts
@@ -284,3 +285,35 @@ def test_perp_neg_samples_are_guided_as_sds_guides_a_back_view(tmp_path):
     expected = u + cfg * total
     assert torch.allclose(got.double(), expected, atol=1e-4 * expected.abs().max().item())
     assert not torch.allclose(got.double(), u + cfg * pos, atol=1e-3)  # the negatives did change it
+
+
+def test_camera_features_are_the_sines_and_cosines_of_the_angles():
+    from training.guidance import camera_features
+
+    got = camera_features(torch.tensor([0.0, 90.0, 180.0]), torch.tensor([0.0, 30.0, -90.0]))
+    want = torch.tensor([[0.0, 1.0, 0.0, 1.0], [1.0, 0.0, 0.5, 3 ** 0.5 / 2], [0.0, -1.0, -1.0, 0.0]])
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_a_camera_arm_continues_a_plain_prior_exactly_and_then_listens_to_the_camera():
+    from training.guidance import PriorError
+    from toyworld.prior_train import build_unet, load_adding_camera
+
+    torch.manual_seed(0)
+    plain, with_camera = build_unet(16, 8), build_unet(16, 8, camera=True)
+    load_adding_camera(with_camera, plain)
+    x, t, tokens = torch.randn(2, 3, 8, 8), torch.tensor([100, 600]), torch.randn(2, 4, 16)
+    guidance = DiffusionGuidance(with_camera, build_scheduler(), None, perp_neg="none")
+    plain_guidance = DiffusionGuidance(plain, build_scheduler(), None, perp_neg="none")
+    assert guidance.camera_conditioned and not plain_guidance.camera_conditioned
+    front, back = torch.tensor([[0.0, 15.0]] * 2), torch.tensor([[180.0, 15.0]] * 2)
+    reference = plain_guidance.predict_noise(x, t, tokens)
+    assert torch.allclose(guidance.predict_noise(x, t, tokens, front), reference, atol=1e-5)
+    assert torch.allclose(guidance.predict_noise(x, t, tokens, back), reference, atol=1e-5)
+    with pytest.raises(PriorError, match="camera-conditioned: pass the cameras"):
+        guidance.predict_noise(x, t, tokens)
+    torch.nn.init.normal_(with_camera.class_embedding.linear_2.weight)  # as training moves it off zero
+    assert not torch.allclose(guidance.predict_noise(x, t, tokens, front), guidance.predict_noise(x, t, tokens, back),
+                              atol=1e-3)
+    with pytest.raises(RuntimeError, match="cannot continue"):  # a camera arm's weights do not go into a plain run
+        load_adding_camera(build_unet(16, 8), with_camera)

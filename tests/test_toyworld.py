@@ -175,6 +175,19 @@ def test_tiny_recipe_world_to_priors_to_sds_to_evaluation(tmp_path):
                              "--steps", "4", "--batch", "4", "--views", "2", "--size", "16", "--save-every", "1",
                              "--max-prompts", "40", "--probe", "0"]) == 0
     assert '"step": 4' in (prior_dir / "progress.json").read_text()
+    # the camera arm continues the same export (its camera embedding from zero), and SDS and the view probe give it
+    # the cameras
+    camera_dir = tmp_path / "prior-camera"
+    shutil.copytree(prior_dir, camera_dir)
+    assert prior_train.main(["--clip", str(clip_dir), "--out", str(camera_dir), "--work", str(tmp_path / "w3"),
+                             "--steps", "6", "--batch", "4", "--views", "2", "--size", "16", "--save-every", "2",
+                             "--max-prompts", "40", "--probe", "4", "--camera"]) == 0
+    camera_guidance = DiffusionGuidance.from_folder(camera_dir, perp_neg="adaptive")
+    assert camera_guidance.camera_conditioned and not guidance.camera_conditioned
+    assert "view" in json.loads((camera_dir / "progress.json").read_text())["history"][-1]["diffusion_classifier"]
+    out = camera_guidance.sds(images, ["a red cube", "a white snowman with a carrot nose"], [0, 180], [10, 10],
+                              generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.loss)
 
     # SDS + CLIP loss + adaptive Perp-Neg with the toy-world recipe against these priors, then the quality report
     from toyworld.report import main as report_main

@@ -79,7 +79,7 @@ def test_sds_gradient_is_zero_when_the_unet_predicts_the_true_noise(pixel_prior,
     g = DiffusionGuidance.from_folder(pixel_prior, perp_neg=mode)
     images = torch.rand(2, 3, 16, 16, requires_grad=True)
     noise = torch.randn(2, 3, 16, 16)
-    g.predict_noise = lambda x_t, t, emb: noise.repeat(x_t.shape[0] // 2, 1, 1, 1)
+    g.predict_noise = lambda x_t, t, emb, cameras=None: noise.repeat(x_t.shape[0] // 2, 1, 1, 1)
     out = g.sds(images, ["a cat", "a dog"], [0, 130], [10, 20], torch.tensor([1.0, 2.0]), noise=noise)
     out.loss.backward()
     assert torch.equal(images.grad, torch.zeros_like(images))
@@ -90,7 +90,7 @@ def test_sds_gradient_has_the_sign_and_scale_of_w_times_eps_hat_minus_eps(pixel_
     images = torch.rand(2, 3, 16, 16, requires_grad=True)
     noise = torch.randn(2, 3, 16, 16)
     eps_cond, eps_uncond = torch.full_like(noise, 0.3), torch.full_like(noise, -0.1)
-    g.predict_noise = lambda x_t, t, emb: torch.cat([eps_cond, eps_uncond])
+    g.predict_noise = lambda x_t, t, emb, cameras=None: torch.cat([eps_cond, eps_uncond])
     t = torch.tensor([100, 700])
     out = g.sds(images, ["a cat", "a dog"], [0, 0], [0, 0], noise=noise, timesteps=t)
     out.loss.backward()
@@ -110,7 +110,7 @@ def test_each_score_estimator_matches_its_closed_form(pixel_prior, estimator):
     noise = torch.randn(2, 3, 16, 16)
     eps_cond, eps_uncond = torch.full_like(noise, 0.3), torch.full_like(noise, -0.1)
 
-    def fake_unet(x_t, t, emb):
+    def fake_unet(x_t, t, emb, cameras=None):
         if x_t.shape[0] == 4:  # the guided pair: conditional, then unconditional
             return torch.cat([eps_cond, eps_uncond])
         return 0.5 * x_t + t.view(-1, 1, 1, 1).float() / 1000  # ASD's second call: depends on x_t' and t'
@@ -139,7 +139,8 @@ def test_nfsd_removes_a_negative_prompts_prediction_above_t_200(pixel_prior):
                                       negative_prompt="blurry")
     images = torch.rand(1, 3, 16, 16, requires_grad=True)
     eps_cond, eps_uncond, eps_neg = (torch.full((1, 3, 16, 16), v) for v in (0.3, -0.1, 0.2))
-    g.predict_noise = lambda x_t, t, emb: torch.cat([eps_cond, eps_uncond]) if x_t.shape[0] == 2 else eps_neg
+    g.predict_noise = lambda x_t, t, emb, cameras=None: (torch.cat([eps_cond, eps_uncond]) if x_t.shape[0] == 2
+                                                          else eps_neg)
     t = torch.tensor([600])
     g.sds(images, ["a cat"], [0], [0], noise=torch.zeros(1, 3, 16, 16), timesteps=t).loss.backward()
     expected = 2 * (1 - g.alphas_cumprod[t]) * (eps_uncond + 7.5 * (eps_cond - eps_uncond) - eps_neg)  # dx/dimage = 2
@@ -149,7 +150,7 @@ def test_nfsd_removes_a_negative_prompts_prediction_above_t_200(pixel_prior):
 def test_timestep_annealing_lowers_the_largest_timestep(pixel_prior):
     g = DiffusionGuidance.from_folder(pixel_prior, perp_neg="none")
     gen = torch.Generator().manual_seed(0)
-    g.predict_noise = lambda x_t, t, emb: torch.zeros_like(x_t)
+    g.predict_noise = lambda x_t, t, emb, cameras=None: torch.zeros_like(x_t)
     drawn = torch.cat([g.sds(torch.rand(8, 3, 16, 16), ["a cat"] * 8, [0] * 8, [0] * 8, generator=gen,
                              t_max=0.3).timesteps for _ in range(20)])
     assert drawn.max() <= 300 and drawn.min() >= 20 and drawn.max() > 250

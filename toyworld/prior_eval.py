@@ -55,17 +55,21 @@ def _perp_neg_step(guidance: DiffusionGuidance, x, t, prompts: list[str], azimut
     negatives = torch.einsum("bkv,bvld->bkld", blend.negatives.to(views), views)
     emb = torch.cat([positive, uncond.expand_as(positive), negatives[:, 0], negatives[:, 1]])
     tt = torch.full((4 * len(prompts),), int(t), device=guidance.device)
-    eps_pos, eps_u, eps_n0, eps_n1 = guidance.predict_noise(torch.cat([x] * 4), tt, emb).chunk(4)
+    cameras = torch.tensor([[float(azimuth), elevation]]).expand(4 * len(prompts), 2)
+    eps_pos, eps_u, eps_n0, eps_n1 = guidance.predict_noise(torch.cat([x] * 4), tt, emb, cameras).chunk(4)
     return perp_neg_guidance(eps_u, eps_pos, torch.stack([eps_n0, eps_n1], dim=1),
                              blend.negative_weights.to(guidance.device), cfg)
 
 
 @torch.no_grad()
 def sample(guidance: DiffusionGuidance, prompts: list[str], cfg: float, steps: int = 25, seed: int = 0,
-           batch: int = 64, perp_neg_azimuth: float | None = None) -> torch.Tensor:
+           batch: int = 64, perp_neg_azimuth: float | None = None, azimuth: float = 0.0,
+           elevation: float = 15.0) -> torch.Tensor:
     """DDIM samples (B, 3, H, W) in [0, 1] of full captions, with classifier-free guidance at ``cfg``; the noise of
     sample i depends only on (seed, i), so two caption lists of the same length share their noise. With
-    ``perp_neg_azimuth``, ``prompts`` are view-less and each step is guided by Perp-Neg for that azimuth."""
+    ``perp_neg_azimuth``, ``prompts`` are view-less and each step is guided by Perp-Neg for that azimuth.
+    A camera-conditioned prior is also given the camera (``azimuth``, or ``perp_neg_azimuth``, and ``elevation``);
+    any other ignores it."""
     from diffusers import DDIMScheduler
 
     size = guidance.unet.config.sample_size
@@ -83,10 +87,12 @@ def sample(guidance: DiffusionGuidance, prompts: list[str], cfg: float, steps: i
         x = noise[start : start + len(chunk)].to(guidance.device)
         for t in ddim.timesteps:
             if perp_neg_azimuth is not None:
-                x = ddim.step(_perp_neg_step(guidance, x, t, chunk, perp_neg_azimuth, cfg), t, x).prev_sample
+                x = ddim.step(_perp_neg_step(guidance, x, t, chunk, perp_neg_azimuth, cfg, elevation), t,
+                              x).prev_sample
                 continue
             tt = torch.full((2 * len(chunk),), int(t), device=guidance.device)
-            eps = guidance.predict_noise(torch.cat([x, x]), tt, emb)  # v-prediction converted to epsilon
+            cameras = torch.tensor([[azimuth, elevation]]).expand(2 * len(chunk), 2)
+            eps = guidance.predict_noise(torch.cat([x, x]), tt, emb, cameras)  # v-prediction converted to epsilon
             cond, unc = eps.chunk(2)
             x = ddim.step(unc + cfg * (cond - unc), t, x).prev_sample
         out.append(((x + 1) / 2).clamp(0, 1).cpu())
@@ -128,8 +134,8 @@ def view_accuracy(guidance, judge, prompts: list[str], cfg: float, samples: int,
             front = sample(guidance, prompts, cfg, steps, seed, perp_neg_azimuth=0.0)
             back = sample(guidance, prompts, cfg, steps, seed, perp_neg_azimuth=180.0)
         else:
-            front = sample(guidance, [p + ", front view" for p in prompts], cfg, steps, seed)
-            back = sample(guidance, [p + ", back view" for p in prompts], cfg, steps, seed)
+            front = sample(guidance, [p + ", front view" for p in prompts], cfg, steps, seed, azimuth=0.0)
+            back = sample(guidance, [p + ", back view" for p in prompts], cfg, steps, seed, azimuth=180.0)
         fronts += judged_front(judge, front).float().tolist()
         backs += (~judged_front(judge, back)).float().tolist()
     return {"all": (sum(fronts) + sum(backs)) / (len(fronts) + len(backs)), "front": sum(fronts) / len(fronts),
@@ -145,7 +151,8 @@ def save_grid(guidance, path: Path, cfgs: list[float], steps: int, seed: int = 0
     columns = []
     for cfg in cfgs:
         for view in ("front", "back"):
-            columns.append(sample(guidance, [f"{p}, {view} view" for p in GRID_PROMPTS], cfg, steps, seed))
+            columns.append(sample(guidance, [f"{p}, {view} view" for p in GRID_PROMPTS], cfg, steps, seed,
+                                  azimuth=0.0 if view == "front" else 180.0))
     size = columns[0].shape[-1] * scale
     label_w, head_h = 300, 36
     grid = Image.new("RGB", (label_w + size * len(columns), head_h + size * len(GRID_PROMPTS)), "white")

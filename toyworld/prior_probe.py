@@ -105,6 +105,8 @@ class ProbeImage:
     image: torch.Tensor  # (3, H, W) sRGB in [0, 1]
     prompt: str
     view: str
+    azimuth: float = 0.0  # degrees: the camera, for a camera-conditioned prior
+    elevation: float = 0.0
 
 
 def probe_images(prompts: list[str], size: int, per_prompt: int = 1, seed: int = 0,
@@ -123,7 +125,7 @@ def probe_images(prompts: list[str], size: int, per_prompt: int = 1, seed: int =
         img, _ = render_scene(scene, cams, size, background, shading, light)
         for k in range(per_prompt):
             out.append(ProbeImage(linear_to_srgb(img[k]).permute(2, 0, 1), prompt,
-                                  view_label(float(az[k]), float(el[k]))))
+                                  view_label(float(az[k]), float(el[k])), float(az[k]), float(el[k])))
     return out
 
 
@@ -138,7 +140,8 @@ def view_probe_images(prompts: list[str], size: int, per_view: int = 1, seed: in
             el = 30 * torch.rand(per_view, generator=gen)
             cams = orbit_cameras(az, el, 3.3, 40.0)
             img, _ = render_scene(scene, cams, size, torch.rand(per_view, 3, generator=gen))
-            out += [ProbeImage(linear_to_srgb(img[k]).permute(2, 0, 1), prompt, view) for k in range(per_view)]
+            out += [ProbeImage(linear_to_srgb(img[k]).permute(2, 0, 1), prompt, view, float(az[k]), float(el[k]))
+                    for k in range(per_view)]
     return out
 
 
@@ -163,9 +166,10 @@ def candidate_sets(item: ProbeImage, attributes=ATTRIBUTES, universe: list[str] 
 
 @torch.no_grad()
 def denoising_errors(guidance, images: torch.Tensor, captions: list[list[str]], timesteps: list[int],
-                     seed: int = 0, batch: int = 256) -> list[torch.Tensor]:
+                     seed: int = 0, batch: int = 256, cameras: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Per image, the mean epsilon-prediction error of each of its captions, summed over ``timesteps`` (the same
-    noise for every caption of an image, as the diffusion-classifier paper does)."""
+    noise for every caption of an image, as the diffusion-classifier paper does). ``cameras`` (N, 2): each image's
+    azimuth and elevation, for a camera-conditioned prior."""
     gen = torch.Generator().manual_seed(seed)
     x0 = guidance.encode_images(images)
     jobs = []  # (image index, caption index, timestep index)
@@ -186,7 +190,8 @@ def denoising_errors(guidance, images: torch.Tensor, captions: list[list[str]], 
         abar = guidance.alphas_cumprod[t].view(-1, 1, 1, 1).cpu()
         x_t = abar.sqrt() * x0[i] + (1 - abar).sqrt() * noise
         emb = tokens[[row[captions[j[0]][j[1]]] for j in chunk]]
-        eps = guidance.predict_noise(x_t.to(guidance.device), t.to(guidance.device), emb).cpu()
+        eps = guidance.predict_noise(x_t.to(guidance.device), t.to(guidance.device), emb,
+                                     cameras[i] if cameras is not None else None).cpu()
         err = (eps - noise).pow(2).flatten(1).mean(-1)
         for (im, c, _), e in zip(chunk, err):
             errors[im][c] += float(e)
@@ -199,7 +204,9 @@ def diffusion_classifier(guidance, items: list[ProbeImage], attributes=ATTRIBUTE
     alternatives), the accuracy over the union of all alternatives ("all"), and the candidate counts."""
     sets = [candidate_sets(item, attributes) for item in items]
     union = [list(dict.fromkeys(c for s in per_item.values() for c in s)) for per_item in sets]
-    errors = denoising_errors(guidance, torch.stack([it.image for it in items]), union, list(timesteps), seed)
+    cameras = torch.tensor([[it.azimuth, it.elevation] for it in items])
+    errors = denoising_errors(guidance, torch.stack([it.image for it in items]), union, list(timesteps), seed,
+                              cameras=cameras)
     hits: dict[str, list[float]] = {}
     for per_item, caps, err in zip(sets, union, errors):
         score = dict(zip(caps, err.tolist()))

@@ -38,6 +38,7 @@ import torch
 from instant3d.io.files import atomic_folder, remove_stale_temporaries
 from instant3d.models.text_encoder import TextEncoder, quiet_transformers
 
+from training.guidance import camera_features
 from training.state import load_run_state, save_run_state
 from .dataset import cached_set
 from .scenes import prompt_split, scene_for_prompt, spread_subset
@@ -46,12 +47,14 @@ log = logging.getLogger("instant3d.toyworld.prior")
 PRIOR_SHADING = {"albedo": 0.5, "lambertian": 0.5}
 
 
-def build_unet(cross_attention_dim: int, size: int = 32):
+def build_unet(cross_attention_dim: int, size: int = 32, camera: bool = False):
     """The prior's UNet: 3 levels (32, 64, 128 channels), the text tokens cross-attended at 16^2 and 8^2 and their
-    attention-pooled summary added to the timestep embedding, which reaches every res-block (32^2 included)."""
+    attention-pooled summary added to the timestep embedding, which reaches every res-block (32^2 included).
+    ``camera``: the camera's ``camera_features`` embedded and added there too (a separate arm, a toy MVDream)."""
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel(
+    extra = dict(class_embed_type="projection", projection_class_embeddings_input_dim=4) if camera else {}
+    return UNet2DConditionModel(**extra,
         sample_size=size, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(32, 64, 128),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
@@ -87,6 +90,17 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float,
     snr = abar / (1 - abar)
     clipped = snr.clamp(max=gamma)
     return clipped / (snr + 1) if prediction == "v_prediction" else clipped / snr
+
+
+def load_adding_camera(unet, exported) -> None:
+    """``exported``'s weights into ``unet``. If ``unet`` takes the camera and ``exported`` did not, the camera's
+    embedding starts with its last layer at zero, so the continued prior starts as exactly the exported one."""
+    missing, unexpected = unet.load_state_dict(exported.state_dict(), strict=False)
+    if unexpected or any(not key.startswith("class_embedding.") for key in missing):
+        raise RuntimeError(f"cannot continue from the exported UNet: missing {missing}, unexpected {unexpected}")
+    if missing:
+        torch.nn.init.zeros_(unet.class_embedding.linear_2.weight)
+        torch.nn.init.zeros_(unet.class_embedding.linear_2.bias)
 
 
 def denoising_loss(pred: torch.Tensor, target: torch.Tensor, detail: torch.Tensor | None, detail_weight: float):
@@ -166,6 +180,10 @@ def main(argv=None) -> int:
                         help="how much more often renders of front-facing objects are drawn")
     parser.add_argument("--detail-weight", type=float, default=0.0,
                         help="extra loss weight on the pixels of small named parts (0: every pixel alike)")
+    parser.add_argument("--camera", action="store_true",
+                        help="also condition on the camera (azimuth, elevation): a separate arm, not the paper's "
+                             "view words alone; continuing from a prior without it starts the camera's embedding at "
+                             "zero")
     parser.add_argument("--prompts", choices=["train", "all"], default="train",
                         help="train: the training split only (held-out prompts then measure composition)")
     parser.add_argument("--views", type=int, default=96)
@@ -198,8 +216,9 @@ def main(argv=None) -> int:
     draw_weights = torch.where(front, args.front_weight, 1.0)
 
     torch.manual_seed(args.seed)
-    unet = build_unet(encoder.token_dim, args.size)
-    ema_unet = build_unet(encoder.token_dim, args.size).requires_grad_(False)
+    unet = build_unet(encoder.token_dim, args.size, args.camera)
+    ema_unet = build_unet(encoder.token_dim, args.size, args.camera).requires_grad_(False)
+    cameras = camera_features(data.azimuth, data.elevation) if args.camera else None
     scheduler = build_scheduler()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
     state = load_run_state(work / "state", {"unet": unet, "ema": ema_unet}, optimizer)
@@ -213,7 +232,7 @@ def main(argv=None) -> int:
         # its EMA weights with a fresh optimizer, if it is this recipe's UNet.
         exported = UNet2DConditionModel.from_pretrained(out / "unet", use_safetensors=True)
         if exported.config.addition_embed_type == unet.config.addition_embed_type:
-            unet.load_state_dict(exported.state_dict())
+            load_adding_camera(unet, exported)
             progress = json.loads((out / "progress.json").read_text())
             step, history = progress["step"], progress.get("history", [])
             fresh_optimizer_from = step
@@ -250,7 +269,8 @@ def main(argv=None) -> int:
         cond = torch.where(drop[:, None, None], uncond.expand_as(cond), cond)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch,), generator=gen)
         noise = torch.randn(x.shape, generator=gen)
-        pred = unet(scheduler.add_noise(x, noise, t), t, encoder_hidden_states=cond).sample
+        extra = {"class_labels": cameras[idx]} if cameras is not None else {}
+        pred = unet(scheduler.add_noise(x, noise, t), t, encoder_hidden_states=cond, **extra).sample
         target = scheduler.get_velocity(x, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
         detail = data.detail[idx].float() / 255 if args.detail_weight > 0 else None
         per_sample = denoising_loss(pred, target, detail, args.detail_weight)

@@ -38,6 +38,14 @@ class PriorError(ValueError):
     """A diffusion-model folder that cannot be used; the message names the missing piece."""
 
 
+def camera_features(azimuth, elevation) -> torch.Tensor:
+    """(B, 4) = sin / cos of azimuth and elevation (degrees): the camera input of a camera-conditioned prior (a toy
+    MVDream: diffusers' ``class_embed_type="projection"`` embeds it and adds it to the timestep embedding)."""
+    az = torch.deg2rad(torch.as_tensor(azimuth, dtype=torch.float32).reshape(-1))
+    el = torch.deg2rad(torch.as_tensor(elevation, dtype=torch.float32).reshape(-1))
+    return torch.stack([az.sin(), az.cos(), el.sin(), el.cos()], dim=-1)
+
+
 @dataclass
 class SDSOutput:
     loss: torch.Tensor  # its gradient w.r.t. the images is the SDS gradient
@@ -128,11 +136,25 @@ class DiffusionGuidance:
                 self._uncond = self.text_encoder.model(input_ids=ids).last_hidden_state[0].float()
         return tokens.view(len(prompts), 4, *tokens.shape[1:]), self._uncond
 
+    @property
+    def camera_conditioned(self) -> bool:
+        """Does the UNet also take the camera (``camera_features``)? Stable Diffusion's does not."""
+        return getattr(self.unet.config, "class_embed_type", None) == "projection"
+
     # -- SDS ----------------------------------------------------------------------------------------------------
-    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        """One batched UNet call; v-prediction models are converted to epsilon."""
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor,
+                      cameras: torch.Tensor | None = None) -> torch.Tensor:
+        """One batched UNet call; v-prediction models are converted to epsilon. ``cameras`` (B, 2): azimuth and
+        elevation in degrees, needed by a camera-conditioned prior and ignored by any other."""
+        extra = {}
+        if self.camera_conditioned:
+            if cameras is None:
+                raise PriorError("this prior is camera-conditioned: pass the cameras (azimuth, elevation) of the "
+                                 "images to predict_noise")
+            extra["class_labels"] = camera_features(cameras[:, 0], cameras[:, 1]).to(self.device, self.dtype)
         with torch.no_grad():
-            out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=embeddings.to(self.dtype)).sample.float()
+            out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=embeddings.to(self.dtype),
+                            **extra).sample.float()
         if self.prediction_type == "v_prediction":
             a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
             out = a.sqrt() * out + (1 - a).sqrt() * x_t.float()
@@ -161,30 +183,34 @@ class DiffusionGuidance:
         x_t = abar.sqrt() * x.detach() + (1 - abar).sqrt() * noise
 
         views, uncond = self.view_embeddings(list(prompts))
+        cameras = torch.stack([torch.as_tensor(azimuth, dtype=torch.float32).reshape(-1).expand(b),
+                               torch.as_tensor(elevation, dtype=torch.float32).reshape(-1).expand(b)], dim=-1)
         blend = view_blend(azimuth, elevation)
         positive = torch.einsum("bv,bvld->bld", blend.positive.to(views), views)
         uncond = uncond.expand_as(positive)
         if self.perp_neg == "none":
-            eps = self.predict_noise(torch.cat([x_t] * 2), torch.cat([t] * 2), torch.cat([positive, uncond]))
+            eps = self.predict_noise(torch.cat([x_t] * 2), torch.cat([t] * 2), torch.cat([positive, uncond]),
+                                     cameras.repeat(2, 1))
             eps_pos, eps_u = eps.chunk(2)
             eps_hat = eps_u + self.guidance_scale * (eps_pos - eps_u)
         else:
             negatives = torch.einsum("bkv,bvld->bkld", blend.negatives.to(views), views)
             emb = torch.cat([positive, uncond, negatives[:, 0], negatives[:, 1]])
-            eps = self.predict_noise(torch.cat([x_t] * 4), torch.cat([t] * 4), emb)
+            eps = self.predict_noise(torch.cat([x_t] * 4), torch.cat([t] * 4), emb, cameras.repeat(4, 1))
             eps_pos, eps_u, eps_n0, eps_n1 = eps.chunk(4)
             weights = blend.negative_weights.to(self.device)
             if self.perp_neg == "adaptive" and negative_scale is not None:
                 weights = weights * torch.as_tensor(negative_scale, dtype=torch.float32, device=self.device)[:, None]
             eps_hat = perp_neg_guidance(eps_u, eps_pos, torch.stack([eps_n0, eps_n1], dim=1), weights,
                                         self.guidance_scale)
-        baseline = self._estimator_baseline(x, x_t, noise, t, eps_u, positive, generator, later_fraction)
+        baseline = self._estimator_baseline(x, x_t, noise, t, eps_u, positive, generator, later_fraction, cameras)
         grad = (1 - abar) * (eps_hat - baseline)  # a non-finite UNet output must reach the trainer's bad-step guard
         target = (x - grad).detach()
         loss = 0.5 * F.mse_loss(x.float(), target.float(), reduction="sum") / b
         return SDSOutput(loss, timesteps, float(grad.norm() / b))
 
-    def _estimator_baseline(self, x, x_t, noise, t, eps_u, positive, generator, later_fraction) -> torch.Tensor:
+    def _estimator_baseline(self, x, x_t, noise, t, eps_u, positive, generator, later_fraction,
+                            cameras) -> torch.Tensor:
         """What the guided prediction eps_hat is compared with, per estimator (module docstring)."""
         if self.estimator == "sds":
             return noise
@@ -195,11 +221,11 @@ class DiffusionGuidance:
             if not self.negative_prompt:  # delta_D = eps_u below t = 200, else 0: eps_hat - eps_u + delta_D
                 return torch.where(small, torch.zeros_like(eps_u), eps_u)
             tokens, _ = self.text_encoder.encode([self.negative_prompt] * x.shape[0])
-            eps_neg = self.predict_noise(x_t, t, tokens.float())
+            eps_neg = self.predict_noise(x_t, t, tokens.float(), cameras)
             return torch.where(small, torch.zeros_like(eps_u), eps_neg)
         # asd: the conditional prediction at a later timestep, with the same noise
         u = torch.rand(t.shape[0], generator=generator) if later_fraction is None else torch.as_tensor(later_fraction)
         later = (t + (0.1 * (t - self.t_min).float() * u.to(t.device)).long()).clamp(max=self.t_max)
         abar = self.alphas_cumprod[later].view(-1, 1, 1, 1)
         x_later = abar.sqrt() * x.detach() + (1 - abar).sqrt() * noise
-        return self.predict_noise(x_later, later, positive)
+        return self.predict_noise(x_later, later, positive, cameras)

@@ -18,6 +18,9 @@ The recipe (docs/toyworld.md, "The diffusion prior", says why each part is there
 - v-prediction on the cosine noise schedule, min-SNR-5 loss weights, warm-up + cosine learning rate (diffusers'
   ``get_scheduler``), EMA weights (diffusers' ``EMAModel``).
 
+``--camera`` is a separate arm (a toy MVDream), not the paper's path: the camera's azimuth and elevation are also
+embedded and added to the timestep embedding; the SDS guidance then passes each render's camera.
+
 The folder written (``unet/`` = EMA weights, ``scheduler/``, ``text_encoder/``, ``tokenizer/``) loads through
 ``training.guidance.DiffusionGuidance.from_folder`` exactly as Stable Diffusion does. Re-running the command
 resumes; the folder is re-exported atomically every ``--save-every`` steps with the diffusion-classifier accuracy

@@ -57,12 +57,12 @@ def build_unet(cross_attention_dim: int, size: int = 32, camera: bool = False):
     from diffusers import UNet2DConditionModel
 
     extra = dict(class_embed_type="projection", projection_class_embeddings_input_dim=4) if camera else {}
-    return UNet2DConditionModel(**extra,
+    return UNet2DConditionModel(
         sample_size=size, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(32, 64, 128),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=16,
-        addition_embed_type="text", addition_embed_type_num_heads=4,
+        addition_embed_type="text", addition_embed_type_num_heads=4, **extra,
     )
 
 

@@ -85,13 +85,13 @@ def sample(guidance: DiffusionGuidance, prompts: list[str], cfg: float, steps: i
         _, uncond = guidance.view_embeddings(chunk[:1])
         emb = torch.cat([tokens, uncond.expand_as(tokens)])
         x = noise[start : start + len(chunk)].to(guidance.device)
+        cameras = torch.tensor([[azimuth, elevation]]).expand(2 * len(chunk), 2)  # the uncond half sees it too
         for t in ddim.timesteps:
             if perp_neg_azimuth is not None:
                 x = ddim.step(_perp_neg_step(guidance, x, t, chunk, perp_neg_azimuth, cfg, elevation), t,
                               x).prev_sample
                 continue
             tt = torch.full((2 * len(chunk),), int(t), device=guidance.device)
-            cameras = torch.tensor([[azimuth, elevation]]).expand(2 * len(chunk), 2)
             eps = guidance.predict_noise(torch.cat([x, x]), tt, emb, cameras)  # v-prediction converted to epsilon
             cond, unc = eps.chunk(2)
             x = ddim.step(unc + cfg * (cond - unc), t, x).prev_sample

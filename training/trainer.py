@@ -66,6 +66,7 @@ def draw_weight(prompt: str, prompts_cfg, detail_points=None) -> float:
             weight *= factor
     return weight
 
+
 class TrainingStopped(RuntimeError):
     """The run cannot go on (e.g. repeated non-finite losses); the message says why and what was kept."""
 

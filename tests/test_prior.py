@@ -317,3 +317,22 @@ def test_a_camera_arm_continues_a_plain_prior_exactly_and_then_listens_to_the_ca
                               atol=1e-3)
     with pytest.raises(RuntimeError, match="cannot continue"):  # a camera arm's weights do not go into a plain run
         load_adding_camera(build_unet(16, 8), with_camera)
+
+
+def test_the_64_pixel_prior_adds_a_level_in_front_and_keeps_the_text_attended_at_16_and_8_pixels():
+    from toyworld.prior_train import build_unet
+
+    small, large = build_unet(16, 32), build_unet(16, 64)
+    assert small.config.block_out_channels == (32, 64, 128)
+    assert large.config.block_out_channels == (32, 64, 128, 128)
+    attended = {"small": [], "large": []}
+    for name, unet, size in (("small", small, 32), ("large", large, 64)):
+        for block in unet.down_blocks:
+            if getattr(block, "has_cross_attention", False):
+                attended[name].append(size)
+            size //= 2 if block.downsamplers else 1
+    assert attended == {"small": [16, 8], "large": [16, 8]}
+    out = large(torch.randn(1, 3, 64, 64), torch.tensor([10]), encoder_hidden_states=torch.randn(1, 4, 16)).sample
+    assert out.shape == (1, 3, 64, 64)
+    with pytest.raises(ValueError, match="divisible by 8"):
+        build_unet(16, 68)

@@ -336,3 +336,17 @@ def test_the_64_pixel_prior_adds_a_level_in_front_and_keeps_the_text_attended_at
     assert out.shape == (1, 3, 64, 64)
     with pytest.raises(ValueError, match="divisible by 8"):
         build_unet(16, 68)
+
+
+def test_the_view_judge_sees_a_larger_prior_s_samples_at_its_own_size():
+    import torch.nn.functional as F
+
+    from toyworld.view_judge import ViewJudge, judged_front
+
+    torch.manual_seed(0)
+    judge = ViewJudge(size=16).eval()
+    torch.nn.init.normal_(judge.head.weight, std=5.0)  # a head far from zero, so its answers depend on the image
+    images = torch.rand(8, 3, 64, 64)
+    small = F.interpolate(images, size=(16, 16), mode="bilinear", antialias=True, align_corners=False)
+    assert torch.equal(judged_front(judge, images), judge(small).argmax(-1) == 0)
+    assert torch.equal(judged_front(judge, small), judged_front(judge, images))

@@ -38,7 +38,7 @@ from training.perpneg import perp_neg_guidance, view_blend  # noqa: E402
 from .prior_probe import diffusion_classifier, probe_images, view_probe_images  # noqa: E402
 from .render import render_scene  # noqa: E402
 from .scenes import all_prompts, prompt_split, scene_for_prompt, spread_subset  # noqa: E402
-from .view_judge import judged_front, train_view_judge  # noqa: E402
+from .view_judge import JUDGE_SIZE, judged_front, train_view_judge  # noqa: E402
 
 GRID_PROMPTS = ("a red cube", "a large green sphere", "a small yellow cone", "a blue torus",
                 "a red cube on top of a blue sphere", "a yellow pyramid on top of a white cylinder",
@@ -196,7 +196,7 @@ def main(argv=None) -> int:
     fronts = spread_subset([p for p in queries if scene_for_prompt(p).front_facing], args.view_limit)
     size = guidance.unet.config.sample_size
     report: dict = {"prior": str(args.prior), "samples": args.samples, "ddim_steps": args.steps, "rows": []}
-    judge, ceiling = train_view_judge(size)
+    judge, ceiling = train_view_judge(JUDGE_SIZE)  # the same judge for priors of any size
     report["view_judge_ceiling"] = ceiling
     print("| split | CFG | sample R-precision | view accuracy (30 front-facing prompts) | prompts x samples |")
     print("| --- | --- | --- | --- | --- |")

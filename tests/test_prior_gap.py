@@ -1,0 +1,66 @@
+"""The prior-gap diagnostic (toyworld/prior_gap.py): paired renders of a generator and the exact scenes from the
+same views, and the prior's denoising errors on both in the units of the text signal."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from instant3d.testing.random_models import random_small_pipeline
+from instant3d.testing.random_priors import save_random_prior
+from toyworld.prior_gap import gap_table, paired_renders, rival_prompt
+from toyworld.prior_probe import attribute_alternatives
+from training.guidance import DiffusionGuidance
+
+PROMPTS = ["a red cube", "a white snowman with a carrot nose"]
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory):
+    guidance = DiffusionGuidance.from_folder(save_random_prior(tmp_path_factory.mktemp("prior"), sample_size=16),
+                                             perp_neg="none")
+    pairs = paired_renders(random_small_pipeline(), PROMPTS, views=2, size=16, samples=8, importance=8)
+    return guidance, pairs
+
+
+def test_paired_renders_show_both_objects_from_the_same_views_with_view_captions(setting):
+    _, pairs = setting
+    assert pairs.generated.shape == pairs.exact.shape == (4, 3, 16, 16)
+    assert 0 <= float(pairs.generated.min()) and float(pairs.generated.max()) <= 1
+    assert not torch.allclose(pairs.generated, pairs.exact)  # a random generator does not draw the scene
+    for i, prompt in enumerate([PROMPTS[0]] * 2 + [PROMPTS[1]] * 2):
+        assert pairs.captions[i].startswith(prompt + ", ") and pairs.captions[i].endswith(" view")
+        rival = rival_prompt(prompt)
+        assert rival in attribute_alternatives(prompt)["colour"]
+        assert pairs.rivals[i] == rival + pairs.captions[i][len(prompt):]  # the same view word
+    # the exact scene's corners are the background: the same colour in both renders of a view
+    assert torch.allclose(pairs.exact[:, :, 0, 0], pairs.generated[:, :, 0, 0], atol=0.02)
+
+
+def test_a_generator_that_renders_the_exact_scene_has_no_gap(setting):
+    guidance, pairs = setting
+    same = dataclasses.replace(pairs, generated=pairs.exact.clone())
+    rows = gap_table(guidance, same, timesteps=(100, 700))
+    assert {(r["t"], r["shading"]) for r in rows} >= {(100, "all"), (700, "all")}
+    assert all(r["gap"] == pytest.approx(0.0, abs=1e-7) for r in rows)
+    assert all(r["text_worth"] == pytest.approx(r["exact_rival"] - r["exact"]) for r in rows)
+
+
+def test_the_gap_is_the_error_difference_under_the_same_noise_computed_by_hand(setting):
+    guidance, pairs = setting
+    t = 300
+    row = next(r for r in gap_table(guidance, pairs, timesteps=(t,)) if r["shading"] == "all")
+    noises = torch.randn(len(pairs.exact), 1, 3, 16, 16, generator=torch.Generator().manual_seed(0))[:, 0]
+    abar = float(guidance.alphas_cumprod[t])
+    tokens, _ = guidance.text_encoder.encode(pairs.captions)
+
+    def error(images):
+        x_t = abar ** 0.5 * (images * 2 - 1) + (1 - abar) ** 0.5 * noises
+        eps = guidance.predict_noise(x_t, torch.full((len(images),), t), tokens)
+        return float((eps - noises).pow(2).mean())
+
+    with torch.no_grad():
+        assert row["exact"] == pytest.approx(error(pairs.exact), rel=1e-5)
+        assert row["generated"] == pytest.approx(error(pairs.generated), rel=1e-5)
+    assert row["gap"] == pytest.approx(row["generated"] - row["exact"])
+    assert row["images"] == 4

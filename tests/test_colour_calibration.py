@@ -1,0 +1,80 @@
+"""The albedo-head calibration (toyworld/colour_calibration.py), run for a few steps on the bundled default."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from instant3d.io.checkpoint import CheckpointError, load_model
+from instant3d.models.field import scaled_sigmoid
+from instant3d.pipeline import Instant3DPipeline
+from instant3d.render.color import linear_to_srgb
+from toyworld import colour_calibration
+from toyworld.metrics import PALETTE, colour_names, surface_points
+from toyworld.scenes import prompt_split, scene_for_prompt
+
+SOURCE = "assets/checkpoints/toyworld-supervised-details"
+
+
+def test_the_palette_loss_prefers_the_true_colour_s_name_and_vanishes_at_the_truth():
+    truth = PALETTE[:3]
+    assert float(colour_calibration.calibration_loss(truth, truth, 0.0)) == 0.0
+    exact = float(colour_calibration.calibration_loss(truth, truth, 0.01))
+    wrong = float(colour_calibration.calibration_loss(PALETTE[3:6], truth, 0.01))
+    assert exact < 0.1 < wrong
+    # the cross-entropy term by hand for one point
+    shown = linear_to_srgb(PALETTE[:1])
+    logits = -((shown - linear_to_srgb(PALETTE)) ** 2).sum(-1) / 0.01
+    want = float(-torch.log_softmax(logits, -1)[int(colour_names(PALETTE[:1]))])
+    assert float(colour_calibration.calibration_loss(PALETTE[:1], PALETTE[:1], 0.01)) == pytest.approx(want, abs=1e-5)
+
+
+def test_calibration_changes_only_the_albedo_rows_and_the_checkpoint_shows_the_fitted_head(tmp_path):
+    out = tmp_path / "calibrated"
+    assert colour_calibration.main(["--checkpoint", SOURCE, "--out", str(out), "--seeds", "1", "--points", "50",
+                                    "--steps", "30", "--limit", "4"]) == 0
+    before, after = load_file(f"{SOURCE}/model.safetensors"), load_file(out / "model.safetensors")
+    last = max(k for k in before if k.startswith("field.layers.") and k.endswith(".weight"))
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {last, last.replace(".weight", ".bias")}
+    assert torch.equal(before[last][0], after[last][0])  # the density row stays
+    record = json.loads((out / "config.json").read_text())["colour_calibration"]
+    assert record["prompts"] == 4 and record["points"] <= 200 and record["steps"] == 30
+    assert record["after"]["srgb_error"] > 0 and 0 <= record["after"]["naming_accuracy"] <= 1
+
+    # the saved checkpoint's albedo is scaled_sigmoid(hidden @ W.T + b) with the fitted rows, recomputed by hand
+    model, _ = load_model(out)
+    pipe = Instant3DPipeline.from_pretrained(out)
+    prompt = prompt_split()[0][0]
+    samples = colour_calibration.surface_samples(pipe, [prompt], 1, 20)
+    w = after[last][1:] * model.field.layers[-1].gain
+    want = scaled_sigmoid(samples.hidden @ w.T + after[last.replace(".weight", ".bias")][1:],
+                          model.field.cfg.albedo_alpha)
+    result = pipe(prompt, seed=0)
+    points = surface_points(scene_for_prompt(prompt), 48, result.bound)
+    points = points[torch.randperm(len(points), generator=torch.Generator().manual_seed(0))[:20]]
+    assert torch.allclose(result.albedo(points).cpu(), want.clamp(0, 1), atol=1e-5)
+
+
+def test_fitting_lowers_the_loss_it_fits_on_its_points():
+    model, _ = load_model(SOURCE)
+    pipe = Instant3DPipeline.from_pretrained(SOURCE)
+    samples = colour_calibration.surface_samples(pipe, prompt_split()[0][:6], 1, 60)
+    alpha, last = model.field.cfg.albedo_alpha, model.field.layers[-1]
+    start = colour_calibration.calibration_loss(
+        colour_calibration.head_albedo(samples.hidden, last.effective_weight()[1:], last.bias[1:], alpha),
+        samples.truth, 0.01)
+    weight, bias, stats = colour_calibration.fit_albedo_head(model.field, samples, 40, 0.01)
+    end = colour_calibration.calibration_loss(colour_calibration.head_albedo(samples.hidden, weight, bias, alpha),
+                                              samples.truth, 0.01)
+    assert float(end.detach()) < float(start.detach())
+    assert set(stats) == {"before", "after"}
+
+
+def test_calibration_refuses_to_overwrite_its_input(tmp_path):
+    with pytest.raises(CheckpointError, match="new folder"):
+        colour_calibration.main(["--checkpoint", SOURCE, "--out", SOURCE])
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        colour_calibration.main(["--checkpoint", SOURCE, "--out", str(tmp_path / "notes")])

@@ -64,3 +64,16 @@ def test_the_gap_is_the_error_difference_under_the_same_noise_computed_by_hand(s
         assert row["generated"] == pytest.approx(error(pairs.generated), rel=1e-5)
     assert row["gap"] == pytest.approx(row["generated"] - row["exact"])
     assert row["images"] == 4
+
+
+def test_a_supersampled_generator_render_is_the_block_mean_of_the_larger_render(setting):
+    _, pairs = setting
+    again = paired_renders(random_small_pipeline(), PROMPTS, views=2, size=16, samples=8, importance=8,
+                           supersample=2)
+    assert again.generated.shape == pairs.generated.shape
+    assert again.captions == pairs.captions  # the same views
+    assert torch.allclose(again.exact, pairs.exact)
+    # an edge-free corner (background only) is the same either way; the object's edges are smoothed
+    assert torch.allclose(again.generated[:, :, 0, 0], pairs.generated[:, :, 0, 0], atol=1e-3)
+    difference = (again.generated - pairs.generated).abs().mean()
+    assert 0 < float(difference) < 0.1

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from instant3d.pipeline import Instant3DPipeline
 from instant3d.render.color import linear_to_srgb, to_display
@@ -65,9 +66,11 @@ def rival_prompt(prompt: str) -> str:
 
 @torch.no_grad()
 def paired_renders(pipe: Instant3DPipeline, prompts: list[str], views: int, size: int, seed: int = 0,
-                   samples: int = 32, importance: int = 32, ambient: float = 0.1) -> PairedRenders:
+                   samples: int = 32, importance: int = 32, ambient: float = 0.1,
+                   supersample: int = 1) -> PairedRenders:
     """``views`` random training views of each prompt (one shading mode per prompt, drawn from ``SHADING``), the
-    generator's object (noise seed 0) and the exact scene each rendered from them."""
+    generator's object (noise seed 0) and the exact scene each rendered from them. ``supersample`` k renders the
+    generator at k x the size and averages k x k blocks (as the exact renders are), to test anti-aliasing."""
     gen = torch.Generator().manual_seed(seed)
     generated, exact, captions, rivals, shading = [], [], [], [], []
     albedo_space = pipe.config.field.albedo_space
@@ -75,10 +78,12 @@ def paired_renders(pipe: Instant3DPipeline, prompts: list[str], views: int, size
         batch = sample_views(views, CameraRanges(), SHADING, gen)
         out = pipe(prompt, seed=0)
         # rendered over black, then each view's own background composited (linear) as the trainer's renderer does
-        result = render_views(out.field, out.triplane, batch.cameras, size, background=(0.0, 0.0, 0.0),
-                              num_samples=samples, num_importance=importance, shading=batch.shading,
-                              light_dirs=batch.light_dirs, ambient=ambient)
+        result = render_views(out.field, out.triplane, batch.cameras, size * supersample,
+                              background=(0.0, 0.0, 0.0), num_samples=samples, num_importance=importance,
+                              shading=batch.shading, light_dirs=batch.light_dirs, ambient=ambient)
         image = result.color + (1 - result.opacity[..., None]) * batch.background[:, None, None, :]
+        if supersample > 1:  # linear colours averaged over each k x k block, as render_scene does
+            image = F.avg_pool2d(image.permute(0, 3, 1, 2), supersample).permute(0, 2, 3, 1)
         generated.append(to_display(image.clamp(0, 1), albedo_space))
         truth, _ = render_scene(scene_for_prompt(prompt), batch.cameras, size, batch.background, batch.shading,
                                 batch.light_dirs, ambient=ambient)
@@ -136,6 +141,8 @@ def main(argv=None) -> int:
     parser.add_argument("--views", type=int, default=4, help="random training views per prompt")
     parser.add_argument("--samples", type=int, default=32, help="the training renderer's samples per ray")
     parser.add_argument("--importance", type=int, default=32, help="and its importance samples")
+    parser.add_argument("--supersample", type=int, default=1,
+                        help="render the generator at k x the size and average k x k blocks (1: as SDS training does)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="also write the rows as JSON")
     args = parser.parse_args(argv)
@@ -144,10 +151,11 @@ def main(argv=None) -> int:
     train, held_out = prompt_split()
     prompts = spread_subset(sorted(held_out if args.split == "held_out" else train), args.prompts)
     size = guidance.unet.config.sample_size
-    pairs = paired_renders(pipe, prompts, args.views, size, args.seed, args.samples, args.importance)
+    pairs = paired_renders(pipe, prompts, args.views, size, args.seed, args.samples, args.importance,
+                           supersample=args.supersample)
     rows = gap_table(guidance, pairs, seed=args.seed)
     print(f"{args.checkpoint} against {args.prior}: {len(prompts)} {args.split} prompts x {args.views} views at "
-          f"{size}^2\n")
+          f"{size}^2, generator rendered {args.supersample}x{args.supersample} supersampled\n")
     print_gap_table(rows)
     if args.output:
         Path(args.output).write_text(json.dumps(rows, indent=1))

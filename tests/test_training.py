@@ -748,3 +748,36 @@ def test_the_generator_can_be_conditioned_on_another_text_encoder_than_the_prior
     assert Path(pipe.text_encoder.folder).resolve() == own.resolve()
     assert (pipe.text_encoder.max_length, pipe.text_encoder.token_dim) == (20, 48)
     assert pipe("a red cube").render(0, 15, size=16).shape == (16, 16, 3)
+
+
+def test_block_mean_is_the_average_pool_of_a_supersampled_render():
+    from training.trainer import block_mean
+
+    gen = torch.Generator().manual_seed(0)
+    colour, opacity = torch.rand(2, 8 * 8, 3, generator=gen), torch.rand(2, 8 * 8, generator=gen)
+    want = F.avg_pool2d(colour.view(2, 8, 8, 3).permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1).reshape(2, 16, 3)
+    assert torch.allclose(block_mean(colour, 2, 4, 2), want, atol=1e-7)
+    assert torch.allclose(block_mean(opacity, 2, 4, 2), F.avg_pool2d(opacity.view(2, 1, 8, 8), 2).reshape(2, 16))
+    assert block_mean(opacity, 2, 8, 1) is opacity
+    for bad in ("0", "5", "true", "1.5"):
+        with pytest.raises(ValueError, match="render.supersample"):
+            load_config(SMOKE, [f"render.supersample={bad}"])
+
+
+def test_supersampled_training_renders_reach_the_prior_at_the_training_resolution(tmp_path):
+    from training.trainer import Trainer
+
+    cfg = load_config(SMOKE, [f'run.output_dir="{tmp_path}"', "prompts.validation=[]", "render.supersample=2",
+                              "objective.depth_variance=10.0"])
+    trainer = Trainer(cfg)
+    seen, real_sds = [], trainer.guidance.sds
+
+    def spy(images, *args, **kwargs):
+        seen.append(images.shape)
+        return real_sds(images, *args, **kwargs)
+
+    trainer.guidance.sds = spy
+    loss, stats = trainer.compute_loss(torch.Generator().manual_seed(0), 1.0)
+    res, b = cfg.render.resolution, cfg.optim.batch_size
+    assert seen == [torch.Size([b, 3, res, res])] and torch.isfinite(loss)
+    assert "depth_variance" in stats  # the per-ray regulariser ran on the 2x2 rays of each pixel

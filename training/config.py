@@ -75,6 +75,7 @@ class RenderSection:
     close_up: float = 0.0  # probability that a view of a prompt with small named parts is a close-up of one of them
     close_up_zoom: list[float] = field(default_factory=lambda: [2.0, 4.0])  # the close-up's fov is divided by this
     close_up_back: float = 0.0  # share of close-ups aimed at the part's mirror image through z = 0, from behind
+    supersample: int = 1  # k: k x k rays a pixel, averaged, as the toy world's exact renders are (anti-aliasing)
 
 
 @dataclass
@@ -187,6 +188,9 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"render.close_up is a probability in [0, 1], got {r.close_up}")
     if not 0 <= r.close_up_back <= 1:
         raise ValueError(f"render.close_up_back is a probability in [0, 1], got {r.close_up_back}")
+    if isinstance(r.supersample, bool) or not isinstance(r.supersample, int) or not 1 <= r.supersample <= 4:
+        raise ValueError(f"render.supersample is a whole number of rays per pixel side from 1 to 4, got "
+                         f"{r.supersample!r}")
     if len(r.close_up_zoom) != 2 or not 1 <= r.close_up_zoom[0] <= r.close_up_zoom[1]:
         raise ValueError(f"render.close_up_zoom must be [low, high] with 1 <= low <= high, got {r.close_up_zoom}")
     if cfg.prompts.detail_weight <= 0:

@@ -56,6 +56,16 @@ STATE_JSON = "trainer_state.json"
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
+def block_mean(per_ray: torch.Tensor, batch: int, res: int, k: int) -> torch.Tensor:
+    """Per-ray values (B, (res k)^2, ...) of a k x k supersampled render -> per-pixel means (B, res^2, ...): linear
+    colours, opacities and depths averaged as the toy world's exact renders average their sub-pixels."""
+    if k == 1:
+        return per_ray
+    extra = per_ray.shape[2:]
+    grid = per_ray.reshape(batch, res, k, res, k, *extra)
+    return grid.mean(dim=(2, 4)).reshape(batch, res * res, *extra)
+
+
 def draw_weight(prompt: str, prompts_cfg, detail_points=None) -> float:
     """How often ``prompt`` is drawn relative to a plain one: ``detail_weight`` if it names small parts, times the
     weight of each of ``word_weights``' words it holds (whole words, any case)."""
@@ -308,14 +318,16 @@ class Trainer:
         views = sample_views(b, self.ranges, cfg.render.shading, gen, self.device)
         if cfg.render.close_up > 0:
             views = self._close_ups(prompts, views, gen)
-        origins, dirs = generate_rays(views.cameras, cfg.render.resolution)
+        res, k = cfg.render.resolution, cfg.render.supersample
+        origins, dirs = generate_rays(views.cameras, res * k)
         options = dict(num_samples=cfg.render.samples, num_importance=cfg.render.importance,
                        background=views.background, generator=gen, alpha=alpha, shading=views.shading,
                        light_dirs=views.light_dirs, ambient=cfg.render.ambient)
         color, opacity, depth, depth_variance = self.net(tokens, pooled, z, origins.reshape(b, -1, 3),
                                                          dirs.reshape(b, -1, 3), options)
-        res = cfg.render.resolution
         stats = {"opacity": float(opacity.detach().mean()), "shading": views.shading}
+        ray_opacity = opacity  # the regularisers of where light is absorbed act per ray
+        color, opacity, depth = (block_mean(x, b, res, k) for x in (color, opacity, depth))
         # A model whose albedo is already a display value (a converted official one) is shown to losses as it is.
         display = self.model.config.field.albedo_space == "display"
         if self.supervised:
@@ -336,7 +348,7 @@ class Trainer:
                 clip_loss = self.clip.loss(features, prompts)
         sds = self.guidance.sds(images, prompts, views.azimuth, views.elevation, negative_scale, gen,
                                 t_max=self.annealed_t_max())
-        loss = sds.loss + cfg.clip.weight * clip_loss + self._opacity_terms(opacity, depth_variance, stats)
+        loss = sds.loss + cfg.clip.weight * clip_loss + self._opacity_terms(ray_opacity, depth_variance, stats)
         stats.update(sds=float(sds.loss.detach()), clip=float(clip_loss.detach()), sds_grad=sds.grad_norm)
         return loss, stats
 

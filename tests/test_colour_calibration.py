@@ -43,18 +43,31 @@ def test_calibration_changes_only_the_albedo_rows_and_the_checkpoint_shows_the_f
     assert record["prompts"] == 4 and record["points"] <= 200 and record["steps"] == 30
     assert record["after"]["srgb_error"] > 0 and 0 <= record["after"]["naming_accuracy"] <= 1
 
-    # the saved checkpoint's albedo is scaled_sigmoid(hidden @ W.T + b) with the fitted rows, recomputed by hand
+    # the saved checkpoint's albedo is scaled_sigmoid(hidden @ W.T + b) with the stored rows x the layer's gain,
+    # at points of our own choosing, the hidden activations computed here by hand
     model, _ = load_model(out)
     pipe = Instant3DPipeline.from_pretrained(out)
     prompt = prompt_split()[0][0]
-    samples = colour_calibration.surface_samples(pipe, [prompt], 1, 20)
-    w = after[last][1:] * model.field.layers[-1].gain
-    want = scaled_sigmoid(samples.hidden @ w.T + after[last.replace(".weight", ".bias")][1:],
-                          model.field.cfg.albedo_alpha)
     result = pipe(prompt, seed=0)
-    points = surface_points(scene_for_prompt(prompt), 48, result.bound)
-    points = points[torch.randperm(len(points), generator=torch.Generator().manual_seed(0))[:20]]
-    assert torch.allclose(result.albedo(points).cpu(), want.clamp(0, 1), atol=1e-5)
+    points = surface_points(scene_for_prompt(prompt), 48, result.bound)[::7][:40]
+    field = model.field
+    hidden = field.aggregate(field.plane_features(result.triplane, points[None]))[0]
+    hidden = torch.nn.functional.softplus(hidden @ (field.layers[0].weight * field.layers[0].gain).T
+                                          + field.layers[0].bias)
+    w = after[last][1:] * field.layers[-1].gain
+    want = scaled_sigmoid(hidden @ w.T + after[last.replace(".weight", ".bias")][1:], field.cfg.albedo_alpha)
+    with torch.no_grad():
+        assert torch.allclose(result.albedo(points).cpu(), want.clamp(0, 1), atol=1e-5)
+
+
+def test_the_fitted_rows_are_what_the_field_then_uses():
+    model, _ = load_model(SOURCE)
+    last = model.field.layers[-1]
+    weight, bias = torch.randn(3, last.weight.shape[1]), torch.randn(3)
+    density_row = last.weight[0].clone()
+    colour_calibration.write_albedo_head(model.field, weight, bias)
+    assert torch.allclose(last.effective_weight()[1:], weight, atol=1e-6)
+    assert torch.equal(last.bias[1:], bias) and torch.equal(last.weight[0], density_row)
 
 
 def test_fitting_lowers_the_loss_it_fits_on_its_points():
@@ -78,3 +91,13 @@ def test_calibration_refuses_to_overwrite_its_input(tmp_path):
     (tmp_path / "notes").mkdir()
     with pytest.raises(CheckpointError, match="not a checkpoint"):
         colour_calibration.main(["--checkpoint", SOURCE, "--out", str(tmp_path / "notes")])
+
+
+def test_calibration_refuses_a_head_it_does_not_model():
+    model, _ = load_model(SOURCE)
+    model.field.cfg.albedo_activation = "padded_sigmoid"
+    with pytest.raises(CheckpointError, match="scaled-sigmoid"):
+        colour_calibration.check_calibratable(model.field)
+    model.field.cfg.albedo_activation, model.field.cfg.albedo_space = "scaled_sigmoid", "display"
+    with pytest.raises(CheckpointError, match="linear albedo"):
+        colour_calibration.check_calibratable(model.field)

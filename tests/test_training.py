@@ -781,3 +781,8 @@ def test_supersampled_training_renders_reach_the_prior_at_the_training_resolutio
     res, b = cfg.render.resolution, cfg.optim.batch_size
     assert seen == [torch.Size([b, 3, res, res])] and torch.isfinite(loss)
     assert "depth_variance" in stats  # the per-ray regulariser ran on the 2x2 rays of each pixel
+    supervised = Trainer(load_config(SMOKE, [f'run.output_dir="{tmp_path / "supervised"}"', "prompts.validation=[]",
+                                             "render.supersample=2", 'objective.mode="supervised"',
+                                             'prompts.set="toyworld"', "objective.depth_weight=0.1"]))
+    loss, stats = supervised.compute_loss(torch.Generator().manual_seed(0), 1.0)
+    assert torch.isfinite(loss) and stats["depth_error"] > 0  # colour, coverage and depth compared at res x res

@@ -76,6 +76,16 @@ def surface_samples(pipe: Instant3DPipeline, prompts: list[str], seeds: int, per
     return SurfaceSamples(torch.cat(hidden), torch.cat(truth))
 
 
+def check_calibratable(field) -> None:
+    """The fit models a scaled-sigmoid head whose albedo is linear; refuse any other (a converted official model)."""
+    if field.cfg.albedo_activation != "scaled_sigmoid":
+        raise CheckpointError(f"colour calibration fits a scaled-sigmoid albedo head, not "
+                              f"{field.cfg.albedo_activation!r}: calibrate a checkpoint this project trained")
+    if field.cfg.albedo_space != "linear":
+        raise CheckpointError(f"colour calibration fits linear albedo, not {field.cfg.albedo_space!r} colours: "
+                              "calibrate a checkpoint this project trained")
+
+
 def head_albedo(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, alpha: float) -> torch.Tensor:
     """Linear albedo in [0, 1] from the last hidden activations, as ``TriplaneField.activate`` gives it."""
     return scaled_sigmoid(hidden @ weight.T + bias, alpha).clamp(0, 1)
@@ -159,6 +169,7 @@ def main(argv=None) -> int:
     if out.exists() and not (out / CONFIG_NAME).is_file():
         raise CheckpointError(f"{out} exists and is not a checkpoint; refusing to replace it (give a new folder)")
     model, meta = load_model(source)
+    check_calibratable(model.field)
     encoder_folder = text_encoder_folder(source, meta)
     pipe = Instant3DPipeline(model, TextEncoder.from_folder(encoder_folder))
     train, _ = prompt_split()

@@ -13,8 +13,10 @@ under the true caption) beside the text's worth (error on the exact render under
 minus under the true one). A gap many times the text's worth means SDS at that noise level mostly teaches the
 renders' style, not the prompt.
 
-The generator renders exactly as SDS training shows them to the prior: the training renderer at the prior's own
-size, one ray per pixel, sRGB; the exact scene is rendered as the prior's training images were (2x2 supersampled).
+The generator renders as SDS training shows them to the prior: the training renderer at the prior's own size, one
+ray per pixel (``--supersample k``: k x k, averaged), sRGB, the training cameras, backgrounds and shading; only the
+samples along each ray are not jittered. The exact scene is rendered as the prior's training images were (2x2
+supersampled).
 """
 
 from __future__ import annotations

@@ -45,7 +45,8 @@ def _batch(items):
     return images, labels
 
 
-def train_view_judge(size: int = JUDGE_SIZE, per_view: int = 48, steps: int = 400, seed: int = 0) -> tuple[ViewJudge, float]:
+def train_view_judge(size: int = JUDGE_SIZE, per_view: int = 48, steps: int = 400,
+                     seed: int = 0) -> tuple[ViewJudge, float]:
     """A judge trained on renders of all 30 front-facing prompts from within 30 deg of the front and of the back
     (elevation 0-30 deg, random backgrounds), and its accuracy on fresh renders (another seed): its ceiling."""
     fronts = [p for p in all_prompts() if scene_for_prompt(p).front_facing]
@@ -71,9 +72,8 @@ def train_view_judge(size: int = JUDGE_SIZE, per_view: int = 48, steps: int = 40
 
 @torch.no_grad()
 def judged_front(judge: ViewJudge, images: torch.Tensor) -> torch.Tensor:
-    """(B,) bool: the judge sees a front. Images (B, 3, H, W) in [0, 1], resized (antialiased) to the size the judge
-    was trained at if they differ: a 64^2 prior's samples are judged at 32^2, as the true renders it learnt from
-    would be."""
+    """(B,) bool: the judge sees a front. Images (B, 3, H, W) in [0, 1], resized (antialiased bilinear) to the size
+    the judge was trained at if they differ: a 64^2 prior's samples are judged at 32^2."""
     if images.shape[-1] != judge.size:
         images = F.interpolate(images, size=(judge.size, judge.size), mode="bilinear", antialias=True,
                                align_corners=False)

@@ -75,7 +75,7 @@ class RenderSection:
     close_up: float = 0.0  # probability that a view of a prompt with small named parts is a close-up of one of them
     close_up_zoom: list[float] = field(default_factory=lambda: [2.0, 4.0])  # the close-up's fov is divided by this
     close_up_back: float = 0.0  # share of close-ups aimed at the part's mirror image through z = 0, from behind
-    supersample: int = 1  # k: k x k rays a pixel, averaged, as the toy world's exact renders are (anti-aliasing)
+    supersample: int = 1  # k: k x k rays a pixel (k^2 the cost), averaged: the exact renders' anti-aliasing
 
 
 @dataclass

@@ -57,8 +57,10 @@ STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def block_mean(per_ray: torch.Tensor, batch: int, res: int, k: int) -> torch.Tensor:
-    """Per-ray values (B, (res k)^2, ...) of a k x k supersampled render -> per-pixel means (B, res^2, ...): linear
-    colours, opacities and depths averaged as the toy world's exact renders average their sub-pixels."""
+    """Per-ray values (B, (res k)^2, ...) of a k x k supersampled render -> per-pixel means (B, res^2, ...): the
+    field's colours (linear for our models) and opacities averaged as the toy world's exact renders average their
+    sub-pixels. Depths are plain means too, which equal the surface's mean distance where a pixel is fully covered,
+    the only pixels the depth term compares."""
     if k == 1:
         return per_ray
     extra = per_ray.shape[2:]

@@ -71,14 +71,14 @@ def test_a_supersampled_generator_render_is_the_block_mean_of_the_larger_render(
     from instant3d.render.color import linear_to_srgb
     from instant3d.render.renderer import render_views
     from training.sampling import CameraRanges, sample_views
-    from toyworld.prior_gap import SHADING
+    from toyworld.prior_train import PRIOR_SHADING
 
     _, pairs = setting
     pipe = random_small_pipeline()
     again = paired_renders(pipe, PROMPTS[:1], views=2, size=16, samples=8, importance=8, supersample=2)
     assert again.captions == pairs.captions[:2] and torch.allclose(again.exact, pairs.exact[:2])  # the same views
     # by hand: the same views at 32^2 over their backgrounds, 2x2 blocks averaged in linear light, then sRGB
-    views = sample_views(2, CameraRanges(), SHADING, torch.Generator().manual_seed(0))
+    views = sample_views(2, CameraRanges(), PRIOR_SHADING, torch.Generator().manual_seed(0))
     out = pipe(PROMPTS[0], seed=0)
     big = render_views(out.field, out.triplane, views.cameras, 32, background=(0.0, 0.0, 0.0), num_samples=8,
                        num_importance=8, shading=views.shading, light_dirs=views.light_dirs)

@@ -37,12 +37,12 @@ from instant3d.render.renderer import render_views
 from training.guidance import DiffusionGuidance
 from training.sampling import CameraRanges, sample_views
 from .dataset import view_label
+from .prior_train import PRIOR_SHADING
 from .prior_probe import attribute_alternatives, caption, denoising_errors
 from .render import render_scene
 from .scenes import prompt_split, scene_for_prompt, spread_subset
 
 TIMESTEPS = (50, 200, 400, 600, 800, 950)
-SHADING = {"albedo": 0.5, "lambertian": 0.5}  # as the prior's training images (toyworld.prior_train)
 
 
 @dataclass
@@ -70,14 +70,15 @@ def rival_prompt(prompt: str) -> str:
 def paired_renders(pipe: Instant3DPipeline, prompts: list[str], views: int, size: int, seed: int = 0,
                    samples: int = 32, importance: int = 32, ambient: float = 0.1,
                    supersample: int = 1) -> PairedRenders:
-    """``views`` random training views of each prompt (one shading mode per prompt, drawn from ``SHADING``), the
-    generator's object (noise seed 0) and the exact scene each rendered from them. ``supersample`` k renders the
-    generator at k x the size and averages k x k blocks (as the exact renders are), to test anti-aliasing."""
+    """``views`` random training views of each prompt (one shading mode per prompt, drawn as the prior's training
+    images' were), the generator's object (noise seed 0) and the exact scene each rendered from them.
+    ``supersample`` k renders the generator at k x the size and averages k x k blocks (as the exact renders are),
+    to test anti-aliasing."""
     gen = torch.Generator().manual_seed(seed)
     generated, exact, captions, rivals, shading = [], [], [], [], []
     albedo_space = pipe.config.field.albedo_space
     for prompt in prompts:
-        batch = sample_views(views, CameraRanges(), SHADING, gen)
+        batch = sample_views(views, CameraRanges(), PRIOR_SHADING, gen)
         out = pipe(prompt, seed=0)
         # rendered over black, then each view's own background composited (linear) as the trainer's renderer does
         result = render_views(out.field, out.triplane, batch.cameras, size * supersample,

@@ -350,3 +350,17 @@ def test_the_view_judge_sees_a_larger_prior_s_samples_at_its_own_size():
     small = F.interpolate(images, size=(16, 16), mode="bilinear", antialias=True, align_corners=False)
     assert torch.equal(judged_front(judge, images), judge(small).argmax(-1) == 0)
     assert torch.equal(judged_front(judge, small), judged_front(judge, images))
+
+
+def test_the_prior_trainer_refuses_a_device_it_cannot_use_before_rendering_anything(tmp_path):
+    from toyworld import prior_train
+
+    assert prior_train.training_device("cpu") == torch.device("cpu")
+    for name, message in (("bogus", "not a torch device name"), ("mps", "only cpu and cuda")):
+        with pytest.raises(SystemExit, match=message):
+            prior_train.main(["--clip", "x", "--out", str(tmp_path / "p"), "--work", str(tmp_path / "w"),
+                              "--device", name])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="no CUDA device; install the CUDA build"):
+            prior_train.main(["--clip", "x", "--out", str(tmp_path / "p"), "--device", "cuda"])
+    assert not (tmp_path / "w").exists()  # refused before the data cache was started

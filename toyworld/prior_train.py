@@ -142,7 +142,8 @@ def track_accuracy(unet, scheduler, encoder: TextEncoder, probes) -> dict[str, f
     from .prior_probe import diffusion_classifier
 
     was_training = unet.training
-    guidance = DiffusionGuidance(unet, scheduler, encoder, perp_neg="none")
+    # fp32 even on CUDA: guidance would otherwise cast the EMA UNet it is handed to fp16 in place
+    guidance = DiffusionGuidance(unet, scheduler, encoder, perp_neg="none", half_precision=False)
     attributes, views = probes
     out = diffusion_classifier(guidance, attributes, ("colour", "shape", "size", "binding"), (150, 400, 650))
     if views:  # a small subset of prompts may hold no front-facing object
@@ -164,6 +165,20 @@ def uncond_embedding(encoder: TextEncoder) -> torch.Tensor:
     ids = encoder.tokenizer([""], padding="max_length", max_length=encoder.max_length, return_tensors="pt").input_ids
     with torch.no_grad():
         return encoder.model(input_ids=ids).last_hidden_state[0].float()
+
+
+def training_device(name: str) -> torch.device:
+    """The torch device named, refused with what to do when this machine lacks it (before minutes of rendering)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise SystemExit(f"--device {name!r} is not a torch device name ({error}); use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: this torch build or machine has no CUDA device; install the CUDA build of "
+                         f"torch {torch.__version__.split('+')[0]} or train with --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise SystemExit(f"--device {name}: only cpu and cuda are supported")
+    return device
 
 
 def training_prompts(which: str, max_prompts: int) -> list[str]:
@@ -206,7 +221,11 @@ def main(argv=None) -> int:
     parser.add_argument("--probe", type=int, default=60, help="prompts in the tracked diffusion-classifier probe")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-prompts", type=int, default=0, help="train on an even subset (tests, quick trials)")
+    parser.add_argument("--device", default="cpu",
+                        help="where the UNet trains, e.g. cuda (bf16 autocast there); the data and the random draws "
+                             "stay on the CPU, so a run resumes on either with the same draws")
     args = parser.parse_args(argv)
+    device = training_device(args.device)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out, work, clip_folder = Path(args.out), Path(args.work or f"runs/{Path(args.out).name}"), Path(args.clip)
     prompts = training_prompts(args.prompts, args.max_prompts)
@@ -224,15 +243,15 @@ def main(argv=None) -> int:
     unique = sorted(set(captions))
     table = {c: i for i, c in enumerate(unique)}
     caption_ids = torch.tensor([table[c] for c in captions])
-    embeddings = torch.cat([encoder.encode(unique[i : i + 256])[0] for i in range(0, len(unique), 256)])
-    uncond = uncond_embedding(encoder)
+    embeddings = torch.cat([encoder.encode(unique[i : i + 256])[0] for i in range(0, len(unique), 256)]).to(device)
+    uncond = uncond_embedding(encoder).to(device)
     front = torch.tensor([scene_for_prompt(p).front_facing for p in prompts])[data.prompt_index]
     draw_weights = torch.where(front, args.front_weight, 1.0)
 
     torch.manual_seed(args.seed)
-    unet = build_unet(encoder.token_dim, args.size, args.camera)
-    ema_unet = build_unet(encoder.token_dim, args.size, args.camera).requires_grad_(False)
-    cameras = camera_features(data.azimuth, data.elevation) if args.camera else None
+    unet = build_unet(encoder.token_dim, args.size, args.camera).to(device)
+    ema_unet = build_unet(encoder.token_dim, args.size, args.camera).to(device).requires_grad_(False)
+    cameras = camera_features(data.azimuth, data.elevation).to(device) if args.camera else None
     scheduler = build_scheduler()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
     state = load_run_state(work / "state", {"unet": unet, "ema": ema_unet}, optimizer)
@@ -277,20 +296,23 @@ def main(argv=None) -> int:
     unet.train()
     while step < args.steps:
         idx = torch.multinomial(draw_weights, args.batch, replacement=True, generator=gen)
-        x = data.images[idx].permute(0, 3, 1, 2).float() / 127.5 - 1
-        cond = embeddings[caption_ids[idx]]
-        drop = torch.rand(args.batch, generator=gen) < args.drop
+        x = (data.images[idx].permute(0, 3, 1, 2).float() / 127.5 - 1).to(device)
+        cond = embeddings[caption_ids[idx].to(device)]
+        drop = (torch.rand(args.batch, generator=gen) < args.drop).to(device)
         cond = torch.where(drop[:, None, None], uncond.expand_as(cond), cond)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch,), generator=gen)
-        noise = torch.randn(x.shape, generator=gen)
-        extra = {"class_labels": cameras[idx]} if cameras is not None else {}
-        pred = unet(scheduler.add_noise(x, noise, t), t, encoder_hidden_states=cond, **extra).sample
-        target = scheduler.get_velocity(x, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
-        detail = data.detail[idx].float() / 255 if args.detail_weight > 0 else None
+        noise = torch.randn(x.shape, generator=gen).to(device)
+        extra = {"class_labels": cameras[idx.to(device)]} if cameras is not None else {}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            pred = unet(scheduler.add_noise(x, noise, t.to(device)), t.to(device), encoder_hidden_states=cond,
+                        **extra).sample.float()
+        target = scheduler.get_velocity(x, noise, t.to(device)) if scheduler.config.prediction_type == "v_prediction" \
+            else noise
+        detail = (data.detail[idx].float() / 255).to(device) if args.detail_weight > 0 else None
         per_sample = denoising_loss(pred, target, detail, args.detail_weight)
         if args.min_snr > 0:
             per_sample = per_sample * min_snr_weights(scheduler.alphas_cumprod, t, args.min_snr,
-                                                      scheduler.config.prediction_type)
+                                                      scheduler.config.prediction_type).to(device)
         loss = per_sample.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -100,3 +100,34 @@ def test_tiny_perpneg_ablation_reports_a_janus_rate_per_variant(tmp_path):
     # the variant setting reached the gradient: one step with and without Perp-Neg gives different weights
     for other in ("fixed", "adaptive"):
         assert max(float((weights[other][k] - weights["none"][k]).abs().max()) for k in weights["none"]) > 0
+
+
+@pytest.mark.slow
+def test_tiny_estimator_pilots_score_each_estimator_on_held_out_prompts(tmp_path, capsys):
+    from instant3d import Instant3DPipeline
+    from training.clip_model import CLIPScorer
+    from training.evaluate import VIEWS, clip_retrieval
+    from toyworld.scenes import all_prompts
+
+    out = tmp_path / "estimators"
+    assert main(["estimator", "--out", str(out), "--steps", "1", "--prompts", "2", "--held-out", "2", *TINY]) == 0
+    results = json.loads((out / "results.json").read_text())
+    _, held_out = prompt_split()
+    assert len(results["held_out"]) == 2 and set(results["held_out"]) <= set(held_out)
+    assert not set(results["held_out"]) & set(results["prompts"])  # scored on prompts training never saw
+    clip = CLIPScorer.from_folder("assets/priors/eval-clip")
+    weights = {}
+    for name in ("sds", "csd", "nfsd", "asd"):
+        final = out / name / "checkpoints" / "step-0000001"
+        assert json.loads((final / "trainer_state.json").read_text())["config"]["prior"]["estimator"] == name
+        scores = results["scores"][name]
+        assert scores["iou"] == pytest.approx(_independent_scores(final, results["held_out"])[0])
+        retrieval = clip_retrieval(Instant3DPipeline.from_pretrained(final), clip, results["held_out"], all_prompts(),
+                                   4, 64, **VIEWS)
+        assert scores["r_precision"] == pytest.approx(retrieval["r_precision"])
+        weights[name] = _weights(final)
+    # the estimator reached the gradient: one step of each gives other weights than one step of plain SDS
+    for other in ("csd", "nfsd", "asd"):
+        assert max(float((weights[other][k] - weights["sds"][k]).abs().max()) for k in weights["sds"]) > 0
+    table = capsys.readouterr().out
+    assert "| estimator | IoU | colour accuracy | R-precision |" in table and "| asd |" in table

@@ -2,6 +2,7 @@
 
     python -m toyworld.ablations sigmoid --out runs/ablation-sigmoid [--steps 600 --every 100 --iou 0.3]
     python -m toyworld.ablations perpneg --out runs/ablation-perpneg [--steps 600]
+    python -m toyworld.ablations estimator --out runs/pilot-estimators [--steps 600 --prompts 450 --held-out 30]
 
 - ``sigmoid``: the same SDS run on a spread of training prompts with the scaled sigmoid (alpha annealed from
   ``optim.alpha_start`` to 1 over the first half of the run) and with the plain sigmoid (alpha 1 throughout).
@@ -9,6 +10,11 @@
   curves and the first scored step at which each variant reaches ``--iou``.
 - ``perpneg``: the same SDS run on the front-facing training prompts (snowman, duck, house) with no, fixed and
   adaptive Perp-Neg; the final weights' Janus rate under the evaluation CLIP (training never sees it) and IoU.
+- ``estimator``: the pilots that choose the score estimator (``prior.estimator``: SDS, CSD, NFSD, ASD;
+  training/guidance.py says what each compares). The same SDS run on a spread of training prompts with each
+  estimator; the final weights scored on a spread of *held-out* prompts (``--held-out``): IoU, colour accuracy
+  and R-precision (lit views, among all toy-world prompts) under the evaluation CLIP. Run it once per prior / CFG
+  with overrides, e.g. ``prior.folder="assets/priors/toy-diffusion-64" prior.guidance_scale=3``.
 
 Variants differ only in the ablated setting: same seed, prompts, cameras and steps. Each variant is an ordinary
 training run under ``--out``/<variant> (re-running resumes it, then re-scores). Extra ``section.key=value``
@@ -31,6 +37,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 RECIPE = "training/configs/toyworld_sds.toml"
 SIGMOID_VARIANTS = {"scaled sigmoid": [], "plain sigmoid": ["optim.alpha_start=1.0"]}
 PERPNEG_VARIANTS = {name: [f'prior.perp_neg="{name}"'] for name in ("none", "fixed", "adaptive")}
+ESTIMATOR_VARIANTS = {name: [f'prior.estimator="{name}"'] for name in ("sds", "csd", "nfsd", "asd")}
 
 log = logging.getLogger("instant3d.ablations")
 
@@ -41,7 +48,7 @@ def steps_to_reach(curve: list[tuple[int, float]], threshold: float) -> int | No
 
 
 def ablation_prompts(kind: str, count: int) -> list[str]:
-    """Training-split prompts: a spread over all kinds (sigmoid), or the front-facing ones (perpneg)."""
+    """Training-split prompts: a spread over all kinds (sigmoid, estimator), or the front-facing ones (perpneg)."""
     from toyworld import prompt_split, scene_for_prompt
     from toyworld.scenes import spread_subset
 
@@ -119,25 +126,61 @@ def run_perpneg(args, prompt_file: Path, prompts: list[str]) -> dict:
     return results
 
 
+def held_out_scores(checkpoint: Path, prompts: list[str], clip) -> dict:
+    """IoU, colour accuracy and R-precision (the report's lit views, among all toy-world prompts) of held-out
+    ``prompts`` with a checkpoint's weights."""
+    from instant3d.pipeline import Instant3DPipeline
+    from training.evaluate import VIEWS, clip_retrieval
+    from .report import object_scores
+    from .scenes import all_prompts
+
+    pipe = Instant3DPipeline.from_pretrained(checkpoint)
+    scores = object_scores(pipe, prompts)
+    scores["r_precision"] = clip_retrieval(pipe, clip, prompts, all_prompts(), 4, 64, **VIEWS)["r_precision"]
+    return scores
+
+
+def run_estimator(args, prompt_file: Path, prompts: list[str]) -> dict:
+    from training.clip_model import CLIPScorer
+    from .scenes import prompt_split, spread_subset
+
+    clip = CLIPScorer.from_folder(args.clip)
+    held_out = spread_subset(prompt_split()[1], args.held_out)
+    results = {}
+    for name, overrides in ESTIMATOR_VARIANTS.items():
+        ckpts = train_variant(args.out / name, prompt_file, args.steps, args.steps, overrides + args.overrides)
+        results[name] = held_out_scores(sorted(ckpts.glob("step-*"))[-1], held_out, clip)
+        log.info("estimator %s: %s", name, results[name])
+    print(f"{len(held_out)} held-out prompts after {args.steps} steps on {len(prompts)} training prompts "
+          f"(evaluation CLIP: {args.clip}; overrides: {' '.join(args.overrides) or 'none'})\n")
+    print("| estimator | IoU | colour accuracy | R-precision |")
+    print("| --- | --- | --- | --- |")
+    for name, m in results.items():
+        print(f"| {name} | {m['iou']:.3f} | {m['colour_accuracy']:.3f} | {m['r_precision']:.3f} |")
+    return {"held_out": held_out, "scores": results}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("ablation", choices=("sigmoid", "perpneg"))
+    parser.add_argument("ablation", choices=("sigmoid", "perpneg", "estimator"))
     parser.add_argument("--out", type=Path, required=True, help="folder for the variants' runs and results.json")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--every", type=int, default=100, help="sigmoid: score IoU every this many steps")
     parser.add_argument("--iou", type=float, default=0.3, help="sigmoid: the IoU whose first step is reported")
     parser.add_argument("--prompts", type=int, default=24, help="how many training prompts the runs use")
-    parser.add_argument("--clip", default="assets/priors/eval-clip", help="perpneg: the evaluation CLIP folder")
+    parser.add_argument("--held-out", type=int, default=30, help="estimator: how many held-out prompts are scored")
+    parser.add_argument("--clip", default="assets/priors/eval-clip",
+                        help="perpneg, estimator: the evaluation CLIP folder")
     parser.add_argument("overrides", nargs="*", help="section.key=value for every variant, e.g. optim.lr=3e-4")
     args = parser.parse_intermixed_args(argv)
-    if args.steps < 1 or args.every < 1:
-        parser.error("--steps and --every must be positive")
+    if args.steps < 1 or args.every < 1 or args.held_out < 1:
+        parser.error("--steps, --every and --held-out must be positive")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     prompts = ablation_prompts(args.ablation, args.prompts)
     prompt_file = args.out / "prompts.txt"
     prompt_file.write_text("\n".join(prompts) + "\n")
-    run = run_sigmoid if args.ablation == "sigmoid" else run_perpneg
+    run = {"sigmoid": run_sigmoid, "perpneg": run_perpneg, "estimator": run_estimator}[args.ablation]
     results = {"ablation": args.ablation, "steps": args.steps, "prompts": prompts, "overrides": args.overrides,
                **run(args, prompt_file, prompts)}
     (args.out / "results.json").write_text(json.dumps(results, indent=2))

@@ -364,3 +364,18 @@ def test_the_prior_trainer_refuses_a_device_it_cannot_use_before_rendering_anyth
         with pytest.raises(SystemExit, match="no CUDA device; install the CUDA build"):
             prior_train.main(["--clip", "x", "--out", str(tmp_path / "p"), "--device", "cuda"])
     assert not (tmp_path / "w").exists()  # refused before the data cache was started
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="trains on a CUDA device; runs where one is present")
+def test_the_prior_trains_and_probes_on_cuda_and_resumes_on_the_cpu(tmp_path):
+    import json
+
+    from toyworld import prior_train
+
+    common = ["--clip", "assets/priors/toy-clip-views", "--out", str(tmp_path / "prior"), "--work",
+              str(tmp_path / "work"), "--batch", "4", "--views", "1", "--size", "16", "--save-every", "1",
+              "--max-prompts", "8", "--probe", "4"]
+    assert prior_train.main([*common, "--steps", "2", "--device", "cuda"]) == 0
+    assert prior_train.main([*common, "--steps", "3", "--device", "cpu"]) == 0
+    progress = json.loads((tmp_path / "prior" / "progress.json").read_text())
+    assert progress["step"] == 3 and len(progress["history"]) == 3

@@ -59,9 +59,18 @@ def ablation_prompts(kind: str, count: int) -> list[str]:
 
 
 def train_variant(folder: Path, prompt_file: Path, steps: int, every: int, overrides: list[str]) -> Path:
-    """One ablation run (resumes if ``folder`` holds checkpoints); returns its checkpoints folder."""
+    """One ablation run (resumes if ``folder`` holds checkpoints); returns its checkpoints folder. A folder whose
+    run was made with other overrides (another prior or CFG, say) is refused rather than resumed and re-scored
+    under the new settings' name."""
     from training.config import load_config
     from training.trainer import Trainer
+
+    record = folder / "overrides.json"
+    if record.is_file() and json.loads(record.read_text()) != overrides:
+        raise SystemExit(f"{folder} holds a run made with other settings ({json.loads(record.read_text())}, not "
+                         f"{overrides}); give this comparison its own --out")
+    folder.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(overrides))
 
     cfg = load_config(RECIPE, [
         'prompts.set="file"', f'prompts.file="{prompt_file}"', "prompts.train_fraction=1.0", "prompts.validation=[]",

@@ -176,6 +176,9 @@ def training_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"--device {name}: this torch build or machine has no CUDA device; install the CUDA build of "
                          f"torch {torch.__version__.split('+')[0]} or train with --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise SystemExit(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered "
+                         f"from 0")
     if device.type not in ("cpu", "cuda"):
         raise SystemExit(f"--device {name}: only cpu and cuda are supported")
     return device

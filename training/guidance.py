@@ -153,7 +153,7 @@ class DiffusionGuidance:
                                  "images to predict_noise")
             extra["class_labels"] = camera_features(cameras[:, 0], cameras[:, 1]).to(self.device, self.dtype)
         with torch.no_grad():
-            out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=embeddings.to(self.dtype),
+            out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=embeddings.to(self.device, self.dtype),
                             **extra).sample.float()
         if self.prediction_type == "v_prediction":
             a = self.alphas_cumprod[t].view(-1, 1, 1, 1)

@@ -362,7 +362,8 @@ def test_the_prior_trainer_refuses_a_device_it_cannot_use_before_rendering_anyth
                               "--device", name])
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="no CUDA device; install the CUDA build"):
-            prior_train.main(["--clip", "x", "--out", str(tmp_path / "p"), "--device", "cuda"])
+            prior_train.main(["--clip", "x", "--out", str(tmp_path / "p"), "--work", str(tmp_path / "w"),
+                              "--device", "cuda"])
     assert not (tmp_path / "w").exists()  # refused before the data cache was started
 
 

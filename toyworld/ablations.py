@@ -47,6 +47,14 @@ def steps_to_reach(curve: list[tuple[int, float]], threshold: float) -> int | No
     return next((step for step, iou in sorted(curve) if iou >= threshold), None)
 
 
+def print_table(columns: list[str], rows: list[list[str]]) -> None:
+    """A markdown table on stdout."""
+    print("| " + " | ".join(columns) + " |")
+    print("|" + " --- |" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
 def ablation_prompts(kind: str, count: int) -> list[str]:
     """Training-split prompts: a spread over all kinds (sigmoid, estimator), or the front-facing ones (perpneg)."""
     from toyworld import prompt_split, scene_for_prompt
@@ -128,10 +136,9 @@ def run_perpneg(args, prompt_file: Path, prompts: list[str]) -> dict:
         log.info("perp-neg %s: %s", name, results[name])
     print(f"Janus rate on {len(prompts)} front-facing training prompts after {args.steps} steps "
           f"(evaluation CLIP: {args.clip})\n")
-    print("| Perp-Neg | Janus rate | IoU |")
-    print("| --- | --- | --- |")
-    for name, m in results.items():
-        print(f"| {name} | {m['janus_rate']:.2f} ({m['janus_objects']}) | {m['iou']:.3f} |")
+    print_table(["Perp-Neg", "Janus rate", "IoU"],
+                [[name, f"{m['janus_rate']:.2f} ({m['janus_objects']})", f"{m['iou']:.3f}"]
+                 for name, m in results.items()])
     return results
 
 
@@ -162,10 +169,9 @@ def run_estimator(args, prompt_file: Path, prompts: list[str]) -> dict:
         log.info("estimator %s: %s", name, results[name])
     print(f"{len(held_out)} held-out prompts after {args.steps} steps on {len(prompts)} training prompts "
           f"(evaluation CLIP: {args.clip}; overrides: {' '.join(args.overrides) or 'none'})\n")
-    print("| estimator | IoU | colour accuracy | R-precision |")
-    print("| --- | --- | --- | --- |")
-    for name, m in results.items():
-        print(f"| {name} | {m['iou']:.3f} | {m['colour_accuracy']:.3f} | {m['r_precision']:.3f} |")
+    print_table(["estimator", "IoU", "colour accuracy", "R-precision"],
+                [[name, *(f"{m[k]:.3f}" for k in ("iou", "colour_accuracy", "r_precision"))]
+                 for name, m in results.items()])
     return {"held_out": held_out, "scores": results}
 
 

@@ -298,19 +298,18 @@ def main(argv=None) -> int:
     timer, losses = time.time(), []
     unet.train()
     while step < args.steps:
-        idx = torch.multinomial(draw_weights, args.batch, replacement=True, generator=gen)
+        idx = torch.multinomial(draw_weights, args.batch, replacement=True, generator=gen)  # draws on the CPU
         x = (data.images[idx].permute(0, 3, 1, 2).float() / 127.5 - 1).to(device)
-        cond = embeddings[caption_ids[idx].to(device)]
-        drop = (torch.rand(args.batch, generator=gen) < args.drop).to(device)
-        cond = torch.where(drop[:, None, None], uncond.expand_as(cond), cond)
+        drop = torch.rand(args.batch, generator=gen) < args.drop
         t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch,), generator=gen)
         noise = torch.randn(x.shape, generator=gen).to(device)
-        extra = {"class_labels": cameras[idx.to(device)]} if cameras is not None else {}
+        idx_d, drop_d, t_d = idx.to(device), drop.to(device), t.to(device)
+        cond = embeddings[caption_ids[idx].to(device)]
+        cond = torch.where(drop_d[:, None, None], uncond.expand_as(cond), cond)
+        extra = {"class_labels": cameras[idx_d]} if cameras is not None else {}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            pred = unet(scheduler.add_noise(x, noise, t.to(device)), t.to(device), encoder_hidden_states=cond,
-                        **extra).sample.float()
-        target = scheduler.get_velocity(x, noise, t.to(device)) if scheduler.config.prediction_type == "v_prediction" \
-            else noise
+            pred = unet(scheduler.add_noise(x, noise, t_d), t_d, encoder_hidden_states=cond, **extra).sample.float()
+        target = scheduler.get_velocity(x, noise, t_d) if scheduler.config.prediction_type == "v_prediction" else noise
         detail = (data.detail[idx].float() / 255).to(device) if args.detail_weight > 0 else None
         per_sample = denoising_loss(pred, target, detail, args.detail_weight)
         if args.min_snr > 0:

@@ -122,7 +122,7 @@ def test_the_recipes_scheduler_predicts_v_on_the_cosine_schedule_and_guidance_co
     v = s.get_velocity(x, noise, t)
     x_t = s.add_noise(x, noise, t)
     guidance = types.SimpleNamespace(alphas_cumprod=s.alphas_cumprod, prediction_type="v_prediction",
-                                     dtype=torch.float32, camera_conditioned=False,
+                                     dtype=torch.float32, device=torch.device("cpu"), camera_conditioned=False,
                                      unet=lambda x_t, t, encoder_hidden_states: types.SimpleNamespace(sample=v))
     eps = DiffusionGuidance.predict_noise(guidance, x_t, t, torch.zeros(2, 1, 1))
     assert torch.allclose(eps, noise, atol=1e-4)  # the SDS code sees epsilon, whatever the prior predicts

@@ -101,3 +101,42 @@ def test_calibration_refuses_a_head_it_does_not_model():
     model.field.cfg.albedo_activation, model.field.cfg.albedo_space = "scaled_sigmoid", "display"
     with pytest.raises(CheckpointError, match="linear albedo"):
         colour_calibration.check_calibratable(model.field)
+
+
+def test_point_weights_and_balancing_match_a_by_hand_loop():
+    torch.manual_seed(0)
+    truth = PALETTE[torch.tensor([0, 0, 1, 2, 2, 2])]
+    shown = (truth + 0.1 * torch.randn_like(truth)).clamp(0, 1)
+    weight = torch.tensor([1.0, 5.0, 1.0, 2.0, 1.0, 11.0])
+    s_shown, s_truth = linear_to_srgb(shown).double(), linear_to_srgb(truth).double()
+    palette, names = linear_to_srgb(PALETTE).double(), colour_names(truth)
+    for balanced in (False, True):
+        totals = {}
+        for n, w in zip(names.tolist(), weight.tolist()):
+            totals[n] = totals.get(n, 0.0) + w
+        num_abs = num_ce = den_ce = 0.0
+        for i in range(len(truth)):
+            num_abs += weight[i].item() * (s_shown[i] - s_truth[i]).abs().mean().item()
+            logits = -((s_shown[i] - palette) ** 2).sum(-1) / 0.01
+            ce = -torch.log_softmax(logits, -1)[names[i]].item()
+            w_ce = weight[i].item() / (totals[names[i].item()] if balanced else 1.0)
+            num_ce += w_ce * ce
+            den_ce += w_ce
+        want = num_abs / weight.sum().item() + num_ce / den_ce
+        got = float(colour_calibration.calibration_loss(shown, truth, 0.01, balanced, weight))
+        assert got == pytest.approx(want, rel=1e-4)
+    # unit weights are the plain means
+    assert float(colour_calibration.calibration_loss(shown, truth, 0.01, False, torch.ones(6))) == pytest.approx(
+        float(colour_calibration.calibration_loss(shown, truth, 0.01)), rel=1e-6)
+
+
+def test_points_in_line_with_a_part_are_in_front_of_it_and_behind_it_only():
+    snowman = scene_for_prompt("a white snowman with a carrot nose")
+    nose = next(part for part in snowman.parts if part.name == "nose")
+    x, y, _ = nose.offset
+    points = torch.tensor([[x, y, 0.9], [x, y, -0.9], [x, y, 0.0], [x + 0.5, y, -0.9], [x, y - 0.6, -0.9]])
+    assert snowman.in_line_with_parts(points).tolist() == [True, True, True, False, False]
+    assert not scene_for_prompt("a red cube").in_line_with_parts(points).any()
+    samples = colour_calibration.surface_samples(Instant3DPipeline.from_pretrained(SOURCE),
+                                                 ["a white snowman with a carrot nose"], 1, 2000)
+    assert 0 < int(samples.in_line.sum()) < len(samples.in_line)

@@ -43,11 +43,12 @@ from .scenes import COLOURS, prompt_split, scene_for_prompt
 
 @dataclass
 class SurfaceSamples:
-    """What the albedo head sees at exact surface points: the MLP's last hidden activations (N, H), and the true
-    linear albedo there (N, 3)."""
+    """What the albedo head sees at exact surface points: the MLP's last hidden activations (N, H), the true
+    linear albedo there (N, 3), and whether a small named part lies in line with each point along z (N,)."""
 
     hidden: torch.Tensor
     truth: torch.Tensor
+    in_line: torch.Tensor
 
 
 @torch.no_grad()
@@ -56,7 +57,7 @@ def surface_samples(pipe: Instant3DPipeline, prompts: list[str], seeds: int, per
     """Up to ``per_object`` random true surface points of each prompt's object for noise seeds 0 .. seeds-1; only
     the bodies' (colours a prompt names), unless ``with_parts`` (noses, beaks, doors and eyes too)."""
     gen = torch.Generator().manual_seed(seed)
-    hidden, truth = [], []
+    hidden, truth, in_line = [], [], []
     for prompt in prompts:
         scene = scene_for_prompt(prompt)
         for noise_seed in range(seeds):
@@ -72,8 +73,9 @@ def surface_samples(pipe: Instant3DPipeline, prompts: list[str], seeds: int, per
                 x = F.softplus(layer(x))
             hidden.append(x.cpu())
             truth.append(scene.albedo(points))
+            in_line.append(scene.in_line_with_parts(points, out.bound))
             pipe.cache.clear()
-    return SurfaceSamples(torch.cat(hidden), torch.cat(truth))
+    return SurfaceSamples(torch.cat(hidden), torch.cat(truth), torch.cat(in_line))
 
 
 def check_calibratable(field) -> None:
@@ -92,20 +94,21 @@ def head_albedo(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
 
 
 def calibration_loss(albedo: torch.Tensor, truth: torch.Tensor, temperature: float,
-                     balanced: bool = False) -> torch.Tensor:
+                     balanced: bool = False, point_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean absolute sRGB error plus (``temperature`` > 0) the palette cross-entropy (module docstring);
     ``balanced``: each true colour's points weigh alike in the cross-entropy, so that the few points of a nose or
-    a door count as much as a body's."""
+    a door count as much as a body's; ``point_weight`` (N,): each point's weight in both means."""
     shown, wanted = linear_to_srgb(albedo), linear_to_srgb(truth)
-    loss = (shown - wanted).abs().mean()
+    point_weight = torch.ones(len(truth)) if point_weight is None else point_weight
+    loss = ((shown - wanted).abs().mean(dim=-1) * point_weight).sum() / point_weight.sum()
     if temperature > 0:
         names = colour_names(truth)
-        weight = None
+        weight = point_weight
         if balanced:
-            counts = torch.bincount(names, minlength=len(PALETTE)).float()
-            weight = torch.where(counts > 0, 1 / counts.clamp(min=1), 0.0)
+            counts = torch.bincount(names, weights=point_weight, minlength=len(PALETTE))
+            weight = point_weight / counts[names]
         logits = -torch.cdist(shown, linear_to_srgb(PALETTE)).pow(2) / temperature
-        loss = loss + F.cross_entropy(logits, names, weight=weight)
+        loss = loss + (F.cross_entropy(logits, names, reduction="none") * weight).sum() / weight.sum()
     return loss
 
 
@@ -114,9 +117,11 @@ def naming_accuracy(albedo: torch.Tensor, truth: torch.Tensor) -> float:
 
 
 def fit_albedo_head(field, samples: SurfaceSamples, steps: int, temperature: float, lr: float = 1e-3,
-                    balanced: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                    balanced: bool = False, in_line_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Full-batch Adam on the albedo rows (effective weight (3, H), bias (3,)) from their current values; returns
-    them and the error and naming accuracy on the fitting points before and after."""
+    them and the error and naming accuracy on the fitting points before and after. ``in_line_weight`` W: the points
+    in line with a part along z weigh 1 + W, so the fit keeps the part's colour off the wall behind it."""
+    point_weight = 1.0 + in_line_weight * samples.in_line.float()
     last, alpha = field.layers[-1], field.cfg.albedo_alpha
     weight = last.effective_weight()[1:].detach().clone().requires_grad_()
     bias = last.bias[1:].detach().clone().requires_grad_()
@@ -131,7 +136,7 @@ def fit_albedo_head(field, samples: SurfaceSamples, steps: int, temperature: flo
     stats = {"before": measure()}
     for _ in range(steps):
         loss = calibration_loss(head_albedo(samples.hidden, weight, bias, alpha), samples.truth, temperature,
-                                balanced)
+                                balanced, point_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -161,6 +166,9 @@ def main(argv=None) -> int:
     parser.add_argument("--with-parts", action="store_true",
                         help="fit the small parts' surface points too (by default the bodies' only: fitting the "
                              "parts put a door-coloured patch on the backs of houses)")
+    parser.add_argument("--in-line-weight", type=float, default=0.0,
+                        help="the body points in line with a small part along z (the wall behind a door, the "
+                             "back of a snowman's head) weigh 1 + W: the fit then keeps the part's colour off them")
     parser.add_argument("--limit", type=int, default=0, help="the first N training prompts only (tests)")
     args = parser.parse_args(argv)
     source, out = Path(args.checkpoint), Path(args.out)
@@ -176,12 +184,13 @@ def main(argv=None) -> int:
     prompts = train[: args.limit] if args.limit else train
     samples = surface_samples(pipe, prompts, args.seeds, args.points, with_parts=args.with_parts)
     weight, bias, stats = fit_albedo_head(model.field, samples, args.steps, args.temperature,
-                                          balanced=args.balanced)
+                                          balanced=args.balanced, in_line_weight=args.in_line_weight)
     write_albedo_head(model.field, weight, bias)
     command = " ".join(["python -m toyworld.colour_calibration", *(argv if argv is not None else sys.argv[1:])])
     record = {"command": command, "from": source.name, "prompts": len(prompts), "seeds": args.seeds,
               "points": len(samples.truth), "steps": args.steps, "temperature": args.temperature,
-              "balanced": args.balanced, "with_parts": args.with_parts, **stats}
+              "balanced": args.balanced, "with_parts": args.with_parts,
+              "in_line_weight": args.in_line_weight, "in_line_points": int(samples.in_line.sum()), **stats}
     extra = {k: v for k, v in meta.items() if k not in ("_class_name", "_format_version", "model", "text_encoder")}
     extra["colour_calibration"] = record
     files = {}

@@ -61,11 +61,7 @@ def render_scene(scene: Scene, cameras: Cameras, size: int, background: torch.Te
         nearest = torch.stack([part.distance(hits) for part in scene.parts], dim=-1).argmin(dim=-1)
         # ... or any surface in front of or behind a part (the same x, y): the triplane's XY plane gives every
         # (x, y, z) the same features, so what a front part teaches there must be unlearnt as hard at the back
-        depths = torch.linspace(-bound, bound, 64)
-        column = torch.cat([hits[:, None, :2].expand(-1, 64, 2), depths[None, :, None].expand(len(hits), 64, 1)],
-                           dim=-1).reshape(-1, 3)
-        inside = torch.stack([p.distance(column) for p in scene.parts if p.name], dim=-1).amin(dim=-1) < 0.02
-        detail[idx] = (named[nearest] | inside.view(len(hits), 64).any(dim=1)).float()
+        detail[idx] = (named[nearest] | scene.in_line_with_parts(hits, bound)).float()
     if idx.numel():
         albedo = scene.albedo(points[idx])
         if shading == "albedo":

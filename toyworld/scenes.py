@@ -123,6 +123,19 @@ class Scene:
         colours = torch.tensor([part.colour for part in self.parts], dtype=points.dtype, device=points.device)
         return colours[d.argmin(dim=-1)]
 
+    def in_line_with_parts(self, points: torch.Tensor, bound: float = 1.0, margin: float = 0.02,
+                           depths: int = 64) -> torch.Tensor:
+        """(N,) bool: does a small named part lie within ``margin`` of the line through each point along z? The
+        triplane's XY plane gives (x, y, z) and (x, y, -z) the same features, so what the front's parts teach there
+        shows at the back too; these are the points where that ghost can appear."""
+        if not any(part.name for part in self.parts) or len(points) == 0:
+            return torch.zeros(len(points), dtype=torch.bool, device=points.device)
+        z = torch.linspace(-bound, bound, depths, dtype=points.dtype, device=points.device)
+        column = torch.cat([points[:, None, :2].expand(-1, depths, 2), z[None, :, None].expand(len(points), depths, 1)],
+                           dim=-1).reshape(-1, 3)
+        distance = torch.stack([p.distance(column) for p in self.parts if p.name], dim=-1).amin(dim=-1)
+        return (distance < margin).view(len(points), depths).any(dim=1)
+
 
 def _single(prompt, size, colour, shape) -> Scene:
     sdf, _ = PRIMITIVES[shape]

@@ -210,6 +210,23 @@ def test_tiny_recipe_world_to_priors_to_sds_to_evaluation(tmp_path):
         assert 0 <= split["r_precision_flat"] <= 1
     for split in ("ground_truth/held_out", "ground_truth/train"):  # the exact scenes: the ceiling of the metrics
         assert metrics[split]["iou"] == 1.0 and metrics[split]["colour_accuracy"] == 1.0
+    # where R-precision is lost: every missed view counted once, under the words it swapped
+    confusions = tmp_path / "confusions.json"
+    assert report_main(["--checkpoint", str(checkpoint), "--clip", str(clip_dir), "--limit", "2", "--views", "2",
+                        "--size", "32", "--split", "held_out", "--confusions", "--output", str(confusions)]) == 0
+    missed = json.loads(confusions.read_text())["held_out"]
+    assert missed["r_precision"] == metrics["held_out"]["r_precision"]
+    assert sum(missed["confusions"].values()) == round((1 - missed["r_precision"]) * 2 * 2)
+
+
+def test_word_swaps_name_what_a_retrieval_miss_got_wrong():
+    from toyworld.report import retrieval_confusions, word_swaps
+
+    assert word_swaps("a red cone", "a red pyramid") == "cone->pyramid"
+    assert word_swaps("a small red cube", "a large red torus") == "small->large & cube->torus"
+    assert word_swaps("a red cube", "a small red cube") == "size word"
+    top1 = {"a red cone": ["a red cone", "a red pyramid", "a red pyramid"], "a blue cube": ["a blue cylinder"]}
+    assert retrieval_confusions({"top1": top1}) == {"cone->pyramid": 2, "cube->cylinder": 1}
 
 
 def test_metrics_of_a_perfect_and_a_shifted_object():

@@ -605,6 +605,7 @@ def test_clip_retrieval_scores_a_perfect_match_as_one():
 
     metrics = clip_retrieval(FakePipe(), FakeClip(), ["a", "c"], queries, views=3, size=16)
     assert metrics["r_precision"] == 1.0 and metrics["retrieval_probability"] > 0.99
+    assert metrics["top1"] == {"a": ["a"] * 3, "c": ["c"] * 3}
     assert asked[0] == ([45.0, 165.0, 285.0], [30.0] * 3, "lit")  # the default views: lit, off the axes
     clip_retrieval(FakePipe(), FakeClip(), ["b"], queries, views=2, size=16, elevation=15.0, azimuth_offset=0.0,
                    shading="albedo")

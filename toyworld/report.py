@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -94,6 +95,22 @@ def colour_table(pipe, prompts: list[str]) -> dict[str, dict]:
     return {name: {"error": a / n, "bias_rgb": (s / n).tolist(), "points": n} for name, (a, n, s) in totals.items()}
 
 
+def word_swaps(prompt: str, retrieved: str) -> str:
+    """What a retrieval miss got wrong, as word swaps ("cone->pyramid", "small->large & cube->torus"), or
+    "size word" when one of the two has a size word the other lacks (the word counts differ)."""
+    ours, theirs = prompt.split(), retrieved.split()
+    if len(ours) != len(theirs):
+        return "size word"
+    return " & ".join(f"{a}->{b}" for a, b in zip(ours, theirs) if a != b)
+
+
+def retrieval_confusions(metrics: dict) -> Counter:
+    """How often each kind of word swap (``word_swaps``) was the top-1 retrieval of a view, from a
+    ``clip_retrieval`` result: where R-precision is lost."""
+    return Counter(word_swaps(prompt, got) for prompt, tops in metrics["top1"].items() for got in tops
+                   if got != prompt)
+
+
 def print_markdown(header: list[str], rows: list[list[str]]) -> None:
     print("| " + " | ".join(header) + " |")
     print("|" + " --- |" * len(header))
@@ -147,10 +164,23 @@ def report(args) -> int:
         if args.output:
             Path(args.output).write_text(json.dumps(dict(feature_rows), indent=2))
         return 0
+    if args.confusions:  # where R-precision is lost: the report's lit views' top-1 misses, by the words swapped
+        for split in chosen:
+            prompts = splits[split][: args.limit] if args.limit else splits[split]
+            metrics = clip_retrieval(pipe, clip, prompts, all_prompts(), args.views, min(args.size, 128), **VIEWS)
+            confusions = retrieval_confusions(metrics)
+            print(f"{split}: R-precision {metrics['r_precision']:.3f}, {sum(confusions.values())} of "
+                  f"{len(prompts) * args.views} views missed\n")
+            print_markdown(["words swapped", "views"], [[k, str(n)] for k, n in confusions.most_common(args.top)])
+            results[split] = {"r_precision": metrics["r_precision"], "confusions": dict(confusions)}
+        if args.output:
+            Path(args.output).write_text(json.dumps(results, indent=2))
+        return 0
     for label, key, source in sources:
         for split in chosen:
             prompts = splits[split][: args.limit] if args.limit else splits[split]
             metrics = toyworld_report(source, clip, prompts, all_prompts(), args.views, min(args.size, 128))
+            metrics.pop("top1")
             rows.append((f"{label} / {split}", metrics))
             results[key + split] = metrics
     print_table(rows)
@@ -174,6 +204,10 @@ def main(argv=None) -> int:
                              "30 front-facing prompts x 3 seeds")
     parser.add_argument("--colours", action="store_true",
                         help="instead: a per-colour table of sRGB error and bias at the true surfaces")
+    parser.add_argument("--confusions", action="store_true",
+                        help="instead: the lit views' top-1 retrieval misses of the checkpoint, by the words swapped "
+                             "(e.g. cone->pyramid)")
+    parser.add_argument("--top", type=int, default=15, help="--confusions: how many kinds to list")
     parser.add_argument("--no-ceiling", action="store_true",
                         help="skip the ground-truth rows (the exact scenes scored the same way)")
     return report(parser.parse_args(argv))

@@ -46,14 +46,15 @@ def clip_retrieval(pipe: Instant3DPipeline, clip: CLIPScorer, prompts: list[str]
                    size: int = 224, seed: int = 0, elevation: float = VIEWS["elevation"],
                    azimuth_offset: float = VIEWS["azimuth_offset"], shading: str = VIEWS["shading"]) -> dict:
     """R-precision and retrieval probability of ``prompts`` among ``queries`` (which must contain them), from
-    ``views`` renders at azimuths ``azimuth_offset + 360 k / views`` and one elevation."""
+    ``views`` renders at azimuths ``azimuth_offset + 360 k / views`` and one elevation; ``top1`` maps each prompt
+    to the query each of its views retrieved."""
     index = {q: i for i, q in enumerate(queries)}
     missing = [p for p in prompts if p not in index]
     if missing:
         raise ValueError(f"evaluated prompts must be in the query set; missing e.g. {missing[0]!r}")
     text = clip.text_features(queries)
     scale = float(clip.model.logit_scale.exp())
-    hits, probs = [], []
+    hits, probs, top1 = [], [], {}
     azimuths = [azimuth_offset + 360.0 * k / views for k in range(views)]
     for prompt in prompts:
         out = pipe(prompt, seed=seed)
@@ -64,9 +65,10 @@ def clip_retrieval(pipe: Instant3DPipeline, clip: CLIPScorer, prompts: list[str]
         p = logits.softmax(dim=-1)[:, index[prompt]]
         probs += p.tolist()
         hits += (logits.argmax(dim=-1) == index[prompt]).float().tolist()
+        top1[prompt] = [queries[i] for i in logits.argmax(dim=-1).tolist()]
         pipe.cache.clear()
     return {"r_precision": sum(hits) / len(hits), "retrieval_probability": sum(probs) / len(probs),
-            "prompts": len(prompts), "queries": len(queries), "views_per_prompt_scored": views,
+            "prompts": len(prompts), "queries": len(queries), "views_per_prompt_scored": views, "top1": top1,
             "views": dict(elevation=elevation, azimuth_offset=azimuth_offset, shading=shading)}
 
 
@@ -110,6 +112,7 @@ def main(argv=None) -> int:
     clip = CLIPScorer.from_folder(args.clip, pipe.device)
     metrics = clip_retrieval(pipe, clip, prompts, train + held_out, args.views, args.size,
                              elevation=args.elevation, azimuth_offset=args.azimuth_offset, shading=args.shading)
+    metrics.pop("top1")  # per prompt; toyworld.report --confusions summarises it
     metrics.update(prompt_set=name, split=args.split, training_views_per_prompt=training.get("views_per_prompt"),
                    training_step=training.get("step"), checkpoint=str(args.checkpoint))
     print(json.dumps(metrics, indent=2))

@@ -152,3 +152,11 @@ def test_tiny_estimator_pilots_score_each_estimator_on_held_out_prompts(tmp_path
     with pytest.raises(SystemExit, match="holds a run made with other settings"):
         main(["estimator", "--out", str(out), "--steps", "1", "--prompts", "2", "--held-out", "2", *TINY,
               "prior.guidance_scale=3"])
+    # pilots that fine-tune a checkpoint get that checkpoint's own row, scored the same way
+    start = out / "sds" / "checkpoints" / "step-0000001"
+    assert main(["estimator", "--out", str(tmp_path / "fine-tunes"), "--steps", "1", "--prompts", "2", "--held-out",
+                 "2", *TINY, f'model.init_checkpoint="{start}"']) == 0
+    row = json.loads((tmp_path / "fine-tunes" / "results.json").read_text())["scores"]["(start)"]
+    assert row["iou"] == pytest.approx(_independent_scores(start, results["held_out"])[0])
+    assert row["r_precision"] == pytest.approx(_independent_r_precision(start, results["held_out"], clip))
+    assert "| (start) |" in capsys.readouterr().out

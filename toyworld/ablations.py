@@ -163,6 +163,9 @@ def run_estimator(args, prompt_file: Path, prompts: list[str]) -> dict:
     clip = CLIPScorer.from_folder(args.clip)
     held_out = spread_subset(prompt_split()[1], args.held_out)
     results = {}
+    start = [o.split("=", 1)[1].strip('"\'') for o in args.overrides if o.startswith("model.init_checkpoint=")]
+    if start:  # a fine-tune's pilots are read against the checkpoint they all start from, scored the same way
+        results["(start)"] = held_out_scores(Path(start[-1]), held_out, clip)
     for name, overrides in ESTIMATOR_VARIANTS.items():
         ckpts = train_variant(args.out / name, prompt_file, args.steps, args.steps, overrides + args.overrides)
         results[name] = held_out_scores(sorted(ckpts.glob("step-*"))[-1], held_out, clip)

@@ -324,3 +324,21 @@ def test_janus_is_a_back_view_that_looks_like_the_front(tmp_path):
     scene = scene_for_prompt("a white snowman with a carrot nose")
     assert not is_janus(GroundTruthOutput(scene), scene, clip)
     assert is_janus(GroundTruthOutput(scene, render_as=0.0), scene, clip)  # shows its face from behind
+
+
+def test_exact_surface_samples_lie_on_a_sphere_with_its_radial_normals():
+    from toyworld.surface import exact_surface, surface_normals
+
+    sphere = scene_for_prompt("a red sphere")
+    centre = torch.tensor(sphere.parts[0].offset)
+    points, normals = exact_surface("a red sphere")
+    radius = (points - centre).norm(dim=-1)
+    assert len(points) > 1000 and float(radius.std()) < 1e-3  # on one sphere, not in a voxel-thick shell
+    assert float(sphere.sdf(points).abs().max()) < 1e-3
+    radial = (points - centre) / radius[:, None]
+    assert float((normals * radial).sum(-1).min()) > 0.999
+    drawn, drawn_normals = surface_normals("a red sphere", 64, torch.Generator().manual_seed(0))
+    assert drawn.shape == (64, 3) and torch.allclose(drawn_normals.norm(dim=-1), torch.ones(64), atol=1e-5)
+    # a cube's faces: every normal is (nearly) an axis
+    _, cube_normals = exact_surface("a red cube")
+    assert float((cube_normals.abs().amax(dim=-1) > 0.99).float().mean()) > 0.9

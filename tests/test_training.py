@@ -674,6 +674,61 @@ def test_detail_pixels_weigh_colour_and_coverage_errors(tmp_path):
         load_config(SMOKE, [f'run.output_dir="{tmp_path}"', "objective.detail_pixel_weight=1.0"])
 
 
+@pytest.mark.slow
+def test_the_normal_term_compares_the_field_s_normals_with_the_exact_ones(tmp_path):
+    """The supervised objective's normal term against a float64 reference: 1 - cos between -grad(density logit)
+    (central differences computed here) and the given normals, at given points, times objective.normal_weight."""
+    from training.trainer import Trainer
+
+    def trainer(weight):
+        return Trainer(load_config(SMOKE, [f'run.output_dir="{tmp_path / str(weight)}"', 'objective.mode="supervised"',
+                                           'prompts.set="toyworld"', "prompts.validation=[]",
+                                           f"objective.normal_weight={weight}", "objective.normal_points=5"]))
+
+    gen = torch.Generator().manual_seed(3)
+    points, normals = torch.rand(5, 3, generator=gen) - 0.5, F.normalize(torch.randn(5, 3, generator=gen), dim=-1)
+    low, high = trainer(0.5), trainer(2.0)
+    losses = []
+    for t in (low, high):
+        t.surface_normals = lambda prompt, count, generator: (points[:count], normals[:count])
+        losses.append(t.compute_loss(torch.Generator().manual_seed(0), 1.0))
+    (loss_low, stats_low), (loss_high, stats_high) = losses
+    assert stats_low["normal_error"] == pytest.approx(stats_high["normal_error"], rel=1e-6)
+    assert (loss_high - loss_low).item() == pytest.approx(1.5 * stats_low["normal_error"], rel=1e-4)
+
+    # the reference: the same prompts and noise as compute_loss draws them first, the planes, and differences
+    gen = torch.Generator().manual_seed(0)
+    b = low.cfg.optim.batch_size
+    prompts = [low.shard[int(i)] for i in torch.randint(len(low.shard), (b,), generator=gen)]
+    z = torch.randn(b, low.model.config.generator.z_dim, generator=gen)
+    with torch.no_grad():
+        planes = low.model(*low.text_encoder.encode(prompts), z)
+        field, eps = low.model.field, 0.01
+        errors = []
+        for i in range(b):
+            grad = torch.zeros(5, 3, dtype=torch.float64)
+            for axis in range(3):
+                step = torch.zeros(3)
+                step[axis] = eps
+                ahead = field.density_logit(planes[i : i + 1], (points + step)[None])[0].double()
+                behind = field.density_logit(planes[i : i + 1], (points - step)[None])[0].double()
+                grad[:, axis] = (ahead - behind) / (2 * eps)
+            errors.append(1 - (F.normalize(-grad, dim=-1) * normals.double()).sum(-1))
+    assert stats_low["normal_error"] == pytest.approx(torch.cat(errors).mean().item(), rel=1e-4, abs=1e-6)
+    with pytest.raises(ValueError, match="needs objective.mode"):
+        load_config(SMOKE, [f'run.output_dir="{tmp_path}"', "objective.normal_weight=1.0"])
+    with pytest.raises(ValueError, match="normal_weight must be >= 0"):
+        load_config(SMOKE, [f'run.output_dir="{tmp_path}"', 'objective.mode="supervised"',
+                            "objective.normal_weight=-1"])
+
+
+def test_a_prompt_set_without_exact_normals_is_refused_by_name():
+    from training.prompt_sets import surface_normals_sampler
+
+    with pytest.raises(ValueError, match="'animals' has no exact surface normals.*toyworld"):
+        surface_normals_sampler("animals")
+
+
 def test_lr_schedule_resumes_at_the_current_step(tmp_path):
     import math
 

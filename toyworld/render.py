@@ -16,7 +16,8 @@ from instant3d.render.shading import lambert_factor
 from .scenes import Scene
 
 
-def _normals(scene: Scene, points: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+def scene_normals(scene: Scene, points: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """Unit outward normals of the scene's surface at (N, 3) points: the SDF's gradient, by central differences."""
     offsets = torch.eye(3, dtype=points.dtype) * eps
     plus = torch.stack([scene.sdf(points + o) for o in offsets], dim=-1)
     minus = torch.stack([scene.sdf(points - o) for o in offsets], dim=-1)
@@ -68,7 +69,7 @@ def render_scene(scene: Scene, cameras: Cameras, size: int, background: torch.Te
             colour[idx] = albedo
         else:
             light = light_dirs.repeat_interleave(hi * hi, dim=0)[idx]
-            lam = lambert_factor(_normals(scene, points[idx]), light, ambient)
+            lam = lambert_factor(scene_normals(scene, points[idx]), light, ambient)
             colour[idx] = albedo * lam if shading == "lambertian" else lam.expand(-1, 3)
     mask = hit.float().view(b, hi, hi, 1)
     image = colour.view(b, hi, hi, 3) * mask + background.view(b, 1, 1, 3) * (1 - mask)

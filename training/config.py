@@ -23,6 +23,8 @@ class ObjectiveSection:
     mask_weight: float = 0.1  # supervised: weight of the coverage (opacity vs ground-truth mask) term
     depth_weight: float = 0.0  # supervised: weight of |rendered depth - true depth| on fully covered pixels
     detail_pixel_weight: float = 0.0  # supervised: extra weight of colour and coverage errors on small named parts
+    normal_weight: float = 0.0  # supervised: weight of 1 - cos(field normal, exact normal) at true surface points
+    normal_points: int = 512  # supervised: exact surface points a prompt, for normal_weight
     opacity_entropy: float = 0.0  # SDS only: weight of the binary entropy of each pixel's opacity (haze -> 0 or 1)
     opacity_sparsity: float = 0.0  # SDS only: weight of the mean opacity (fewer floaters; too much erases thin shapes)
     depth_variance: float = 0.0  # SDS only: weight of the z-variance of half-opaque rays: a thin surface, not a fog
@@ -208,6 +210,12 @@ def check_config(cfg: TrainConfig) -> None:
     if ob.detail_pixel_weight and ob.mode != "supervised":
         raise ValueError("objective.detail_pixel_weight weighs errors against ground-truth renders, so it needs "
                          "objective.mode = \"supervised\"")
+    if ob.normal_weight < 0 or ob.normal_points < 1:
+        raise ValueError(f"objective.normal_weight must be >= 0 and objective.normal_points >= 1, got "
+                         f"{ob.normal_weight} and {ob.normal_points}")
+    if ob.normal_weight and ob.mode != "supervised":
+        raise ValueError("objective.normal_weight compares the field's normals with the exact scenes' own, so it "
+                         "needs objective.mode = \"supervised\"")
     if ob.mode == "supervised" and (ob.opacity_entropy or ob.opacity_sparsity or ob.depth_variance):
         raise ValueError("objective.opacity_entropy / opacity_sparsity / depth_variance apply to SDS only; the "
                          "supervised objective already fits opacity and depth to the ground truth: set them to 0")

@@ -71,21 +71,27 @@ def split(prompts: list[str], train_fraction: float = 0.6, seed: int = 0) -> tup
 _REGISTRY: dict[str, Callable[..., tuple[list[str], list[str]]]] = {}
 _GROUND_TRUTH: dict[str, Callable] = {}
 _DETAIL_POINTS: dict[str, Callable[[str], list[tuple[float, float, float]]]] = {}
+_SURFACE_NORMALS: dict[str, Callable] = {}
 
 
 def register_prompt_set(name: str, make: Callable[..., tuple[list[str], list[str]]],
                         ground_truth: Callable | None = None,
-                        detail_points: Callable[[str], list[tuple[float, float, float]]] | None = None) -> None:
+                        detail_points: Callable[[str], list[tuple[float, float, float]]] | None = None,
+                      surface_normals: Callable | None = None) -> None:
     """Add a set: ``make(**options)`` returns (train prompts, held-out prompts). ``ground_truth(prompt, cameras,
     resolution, background, shading, light_dirs, ambient)`` -> (linear RGB, mask, depth, detail), when the set has
     exact scenes, renders them for the supervised objective (``detail``: each pixel's coverage by small named
     parts, zeros where a scene has none). ``detail_points(prompt)`` -> the world-space centres of the
-    prompt's small named parts (a snowman's nose; empty for a plain cube), for close-up training views."""
+    prompt's small named parts (a snowman's nose; empty for a plain cube), for close-up training views.
+    ``surface_normals(prompt, count, generator)`` -> (points (count, 3), unit normals (count, 3)) on the exact
+    surface, for the supervised objective's normal term."""
     _REGISTRY[name] = make
     if ground_truth is not None:
         _GROUND_TRUTH[name] = ground_truth
     if detail_points is not None:
         _DETAIL_POINTS[name] = detail_points
+    if surface_normals is not None:
+        _SURFACE_NORMALS[name] = surface_normals
 
 
 def _find(name: str) -> None:
@@ -101,6 +107,15 @@ def ground_truth_renderer(name: str) -> Callable:
         raise ValueError(f"prompt set {name!r} has no exact scenes, so it cannot train the supervised objective; "
                          f"sets with exact scenes: {sorted(_GROUND_TRUTH)} (or set mode = \"sds\")")
     return _GROUND_TRUTH[name]
+
+
+def surface_normals_sampler(name: str) -> Callable:
+    """Set ``name``'s sampler of exact surface points and normals, or a ValueError naming the sets that have one."""
+    _find(name)
+    if name not in _SURFACE_NORMALS:
+        raise ValueError(f"prompt set {name!r} has no exact surface normals, so objective.normal_weight cannot be "
+                         f"used with it; sets that have them: {sorted(_SURFACE_NORMALS)}")
+    return _SURFACE_NORMALS[name]
 
 
 def detail_points_finder(name: str) -> Callable[[str], list[tuple[float, float, float]]]:

@@ -46,7 +46,7 @@ from .clip_model import CLIPScorer
 from .config import TrainConfig
 from .guidance import DiffusionGuidance
 from .perpneg import SeverityCache, adaptive_scale
-from .prompt_sets import detail_points_finder, ground_truth_renderer, load_prompt_set
+from .prompt_sets import detail_points_finder, ground_truth_renderer, load_prompt_set, surface_normals_sampler
 from .sampling import CameraRanges, alpha_schedule, close_up_views, sample_views
 from .state import load_optimizer_state, optimizer_state
 
@@ -84,17 +84,19 @@ class TrainingStopped(RuntimeError):
 
 
 class GenerateAndRender(nn.Module):
-    """What DistributedDataParallel wraps: prompts' embeddings + noise + rays -> rendered colours (linear)."""
+    """What DistributedDataParallel wraps: prompts' embeddings + noise + rays -> rendered colours (linear), and,
+    given ``surface_points`` (B, N, 3), the field's unit normals there (else None)."""
 
     def __init__(self, model: Instant3DModel):
         super().__init__()
         self.model = model
 
-    def forward(self, tokens, pooled, z, origins, dirs, render_options: dict):
+    def forward(self, tokens, pooled, z, origins, dirs, render_options: dict, surface_points=None):
         planes = self.model(tokens, pooled, z)
         out = render_rays(self.model.field, planes, origins, dirs, perturb=True, with_depth_variance=True,
                           **render_options)
-        return out.color, out.opacity, out.depth, out.depth_variance
+        normals = None if surface_points is None else self.model.field.normals(planes, surface_points)
+        return out.color, out.opacity, out.depth, out.depth_variance, normals
 
 
 @dataclass
@@ -166,6 +168,7 @@ class Trainer:
             seed=cfg.prompts.split_seed,
         )
         self.ground_truth = ground_truth_renderer(cfg.prompts.set) if self.supervised else None
+        self.surface_normals = surface_normals_sampler(cfg.prompts.set) if cfg.objective.normal_weight else None
         self.shard = self.train_prompts[self.dist.rank :: self.dist.world] or self.train_prompts
         self.detail_points = self.prompt_weights = None
         if cfg.render.close_up > 0 or cfg.prompts.detail_weight != 1:
@@ -325,8 +328,13 @@ class Trainer:
         options = dict(num_samples=cfg.render.samples, num_importance=cfg.render.importance,
                        background=views.background, generator=gen, alpha=alpha, shading=views.shading,
                        light_dirs=views.light_dirs, ambient=cfg.render.ambient)
-        color, opacity, depth, depth_variance = self.net(tokens, pooled, z, origins.reshape(b, -1, 3),
-                                                         dirs.reshape(b, -1, 3), options)
+        surface = true_normals = None
+        if self.surface_normals is not None:
+            samples = [self.surface_normals(p, cfg.objective.normal_points, gen) for p in prompts]
+            surface = torch.stack([s[0] for s in samples]).to(self.device)
+            true_normals = torch.stack([s[1] for s in samples]).to(self.device)
+        color, opacity, depth, depth_variance, normals = self.net(tokens, pooled, z, origins.reshape(b, -1, 3),
+                                                                  dirs.reshape(b, -1, 3), options, surface)
         stats = {"opacity": float(opacity.detach().mean()), "shading": views.shading}
         ray_opacity = opacity  # the regularisers of where light is absorbed act per ray
         color, opacity, depth = (block_mean(x, b, res, k) for x in (color, opacity, depth))
@@ -334,8 +342,13 @@ class Trainer:
         display = self.model.config.field.albedo_space == "display"
         if self.supervised:
             images = to_display(color, self.model.config.field.albedo_space).view(b, res, res, 3).permute(0, 3, 1, 2)
-            return self._photometric_loss(prompts, views, images, opacity.view(b, res, res), depth.view(b, res, res),
-                                          stats)
+            loss, stats = self._photometric_loss(prompts, views, images, opacity.view(b, res, res),
+                                                 depth.view(b, res, res), stats)
+            if normals is not None:  # ripples that colour and coverage barely see, but lit views show
+                normal_error = (1 - (normals * true_normals).sum(dim=-1)).mean()
+                loss = loss + cfg.objective.normal_weight * normal_error
+                stats["normal_error"] = float(normal_error.detach())
+            return loss, stats
         # priors see sRGB images; above 1 (scaled sigmoid, alpha < 1) the curve goes on so that gradients flow
         images = (color if display else linear_to_srgb_unbounded(color)).view(b, res, res, 3).permute(0, 3, 1, 2)
         negative_scale, clip_loss = None, torch.zeros((), device=self.device)
@@ -494,6 +507,8 @@ class Trainer:
         w.add_scalar("lr", self.optimizer.param_groups[0]["lr"], s)
         if "depth_error" in stats:
             w.add_scalar("loss/depth_error", stats["depth_error"], s)
+        if "normal_error" in stats:
+            w.add_scalar("loss/normal_error", stats["normal_error"], s)
         if "opacity_entropy" in stats:
             w.add_scalar("render/opacity_entropy", stats["opacity_entropy"], s)
         if "depth_variance" in stats:

@@ -722,6 +722,34 @@ def test_the_normal_term_compares_the_field_s_normals_with_the_exact_ones(tmp_pa
                             "objective.normal_weight=-1"])
 
 
+@pytest.mark.slow
+def test_plane_smoothness_adds_the_planes_total_variation(tmp_path):
+    """objective.plane_smoothness x the planes' mean squared gap between neighbouring texels, against float64."""
+    from training.trainer import Trainer
+
+    def trainer(weight):
+        return Trainer(load_config(SMOKE, [f'run.output_dir="{tmp_path / str(weight)}"', "prompts.validation=[]",
+                                           'objective.mode="supervised"', 'prompts.set="toyworld"',
+                                           f"objective.plane_smoothness={weight}"]))
+
+    low, high = trainer(0.01), trainer(0.5)
+    (loss_low, stats_low), (loss_high, stats_high) = (t.compute_loss(torch.Generator().manual_seed(0), 1.0)
+                                                      for t in (low, high))
+    assert stats_low["plane_roughness"] == pytest.approx(stats_high["plane_roughness"], rel=1e-6)
+    assert (loss_high - loss_low).item() == pytest.approx(0.49 * stats_low["plane_roughness"], rel=1e-4)
+    gen = torch.Generator().manual_seed(0)  # the prompts and noise compute_loss draws first
+    b = low.cfg.optim.batch_size
+    prompts = [low.shard[int(i)] for i in torch.randint(len(low.shard), (b,), generator=gen)]
+    z = torch.randn(b, low.model.config.generator.z_dim, generator=gen)
+    with torch.no_grad():
+        planes = low.model(*low.text_encoder.encode(prompts), z).double()
+    rows = (planes[..., 1:, :] - planes[..., :-1, :]).pow(2).mean()
+    cols = (planes[..., :, 1:] - planes[..., :, :-1]).pow(2).mean()
+    assert stats_low["plane_roughness"] == pytest.approx((rows + cols).item(), rel=1e-4)
+    with pytest.raises(ValueError, match="plane_smoothness must be >= 0"):
+        load_config(SMOKE, [f'run.output_dir="{tmp_path}"', "objective.plane_smoothness=-1"])
+
+
 def test_a_prompt_set_without_exact_normals_is_refused_by_name():
     from training.prompt_sets import surface_normals_sampler
 

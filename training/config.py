@@ -25,6 +25,7 @@ class ObjectiveSection:
     detail_pixel_weight: float = 0.0  # supervised: extra weight of colour and coverage errors on small named parts
     normal_weight: float = 0.0  # supervised: weight of 1 - cos(field normal, exact normal) at true surface points
     normal_points: int = 512  # supervised: exact surface points a prompt, for normal_weight
+    plane_smoothness: float = 0.0  # weight of the planes' L2 total variation (neighbouring texels' squared gaps)
     opacity_entropy: float = 0.0  # SDS only: weight of the binary entropy of each pixel's opacity (haze -> 0 or 1)
     opacity_sparsity: float = 0.0  # SDS only: weight of the mean opacity (fewer floaters; too much erases thin shapes)
     depth_variance: float = 0.0  # SDS only: weight of the z-variance of half-opaque rays: a thin surface, not a fog
@@ -210,6 +211,8 @@ def check_config(cfg: TrainConfig) -> None:
     if ob.detail_pixel_weight and ob.mode != "supervised":
         raise ValueError("objective.detail_pixel_weight weighs errors against ground-truth renders, so it needs "
                          "objective.mode = \"supervised\"")
+    if ob.plane_smoothness < 0:
+        raise ValueError(f"objective.plane_smoothness must be >= 0 (0 turns it off), got {ob.plane_smoothness}")
     if ob.normal_weight < 0 or ob.normal_points < 1:
         raise ValueError(f"objective.normal_weight must be >= 0 and objective.normal_points >= 1, got "
                          f"{ob.normal_weight} and {ob.normal_points}")

@@ -85,18 +85,24 @@ class TrainingStopped(RuntimeError):
 
 class GenerateAndRender(nn.Module):
     """What DistributedDataParallel wraps: prompts' embeddings + noise + rays -> rendered colours (linear), and,
-    given ``surface_points`` (B, N, 3), the field's unit normals there (else None)."""
+    given ``surface_points`` (B, N, 3), the field's unit normals there, and with ``plane_smoothness`` the planes'
+    mean squared difference between neighbouring texels (each else None)."""
 
     def __init__(self, model: Instant3DModel):
         super().__init__()
         self.model = model
 
-    def forward(self, tokens, pooled, z, origins, dirs, render_options: dict, surface_points=None):
+    def forward(self, tokens, pooled, z, origins, dirs, render_options: dict, surface_points=None,
+                plane_smoothness: bool = False):
         planes = self.model(tokens, pooled, z)
         out = render_rays(self.model.field, planes, origins, dirs, perturb=True, with_depth_variance=True,
                           **render_options)
         normals = None if surface_points is None else self.model.field.normals(planes, surface_points)
-        return out.color, out.opacity, out.depth, out.depth_variance, normals
+        roughness = None
+        if plane_smoothness:  # an L2 total variation of the planes, as K-Planes regularises its planes
+            roughness = ((planes[..., 1:, :] - planes[..., :-1, :]) ** 2).mean() + (
+                (planes[..., :, 1:] - planes[..., :, :-1]) ** 2).mean()
+        return out.color, out.opacity, out.depth, out.depth_variance, normals, roughness
 
 
 @dataclass
@@ -333,9 +339,14 @@ class Trainer:
             samples = [self.surface_normals(p, cfg.objective.normal_points, gen) for p in prompts]
             surface = torch.stack([s[0] for s in samples]).to(self.device)
             true_normals = torch.stack([s[1] for s in samples]).to(self.device)
-        color, opacity, depth, depth_variance, normals = self.net(tokens, pooled, z, origins.reshape(b, -1, 3),
-                                                                  dirs.reshape(b, -1, 3), options, surface)
+        color, opacity, depth, depth_variance, normals, roughness = self.net(
+            tokens, pooled, z, origins.reshape(b, -1, 3), dirs.reshape(b, -1, 3), options, surface,
+            cfg.objective.plane_smoothness > 0)
         stats = {"opacity": float(opacity.detach().mean()), "shading": views.shading}
+        smoothness = torch.zeros((), device=self.device)
+        if roughness is not None:
+            smoothness = cfg.objective.plane_smoothness * roughness
+            stats["plane_roughness"] = float(roughness.detach())
         ray_opacity = opacity  # the regularisers of where light is absorbed act per ray
         color, opacity, depth = (block_mean(x, b, res, k) for x in (color, opacity, depth))
         # A model whose albedo is already a display value (a converted official one) is shown to losses as it is.
@@ -344,6 +355,7 @@ class Trainer:
             images = to_display(color, self.model.config.field.albedo_space).view(b, res, res, 3).permute(0, 3, 1, 2)
             loss, stats = self._photometric_loss(prompts, views, images, opacity.view(b, res, res),
                                                  depth.view(b, res, res), stats)
+            loss = loss + smoothness
             if normals is not None:  # ripples that colour and coverage barely see, but lit views show
                 normal_error = (1 - (normals * true_normals).sum(dim=-1)).mean()
                 loss = loss + cfg.objective.normal_weight * normal_error
@@ -363,7 +375,8 @@ class Trainer:
                 clip_loss = self.clip.loss(features, prompts)
         sds = self.guidance.sds(images, prompts, views.azimuth, views.elevation, negative_scale, gen,
                                 t_max=self.annealed_t_max())
-        loss = sds.loss + cfg.clip.weight * clip_loss + self._opacity_terms(ray_opacity, depth_variance, stats)
+        loss = (sds.loss + cfg.clip.weight * clip_loss + self._opacity_terms(ray_opacity, depth_variance, stats)
+                + smoothness)
         stats.update(sds=float(sds.loss.detach()), clip=float(clip_loss.detach()), sds_grad=sds.grad_norm)
         return loss, stats
 
@@ -509,6 +522,8 @@ class Trainer:
             w.add_scalar("loss/depth_error", stats["depth_error"], s)
         if "normal_error" in stats:
             w.add_scalar("loss/normal_error", stats["normal_error"], s)
+        if "plane_roughness" in stats:
+            w.add_scalar("loss/plane_roughness", stats["plane_roughness"], s)
         if "opacity_entropy" in stats:
             w.add_scalar("render/opacity_entropy", stats["opacity_entropy"], s)
         if "depth_variance" in stats:

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from instant3d.io.checkpoint import CheckpointError, load_model
@@ -125,9 +126,17 @@ def test_point_weights_and_balancing_match_a_by_hand_loop():
         want = num_abs / weight.sum().item() + num_ce / den_ce
         got = float(colour_calibration.calibration_loss(shown, truth, 0.01, balanced, weight))
         assert got == pytest.approx(want, rel=1e-4)
-    # unit weights are the plain means
+    # unit weights are the unweighted loss it had before: the plain mean and cross-entropy, and for balanced,
+    # torch's class-weighted cross-entropy with 1 / count
+    logits = -torch.cdist(s_shown.float(), palette.float()).pow(2) / 0.01
+    plain = (s_shown - s_truth).abs().mean().item() + F.cross_entropy(logits, names).item()
+    counts = torch.bincount(names, minlength=len(PALETTE)).float()
+    by_class = (s_shown - s_truth).abs().mean().item() + F.cross_entropy(
+        logits, names, weight=torch.where(counts > 0, 1 / counts.clamp(min=1), 0.0)).item()
     assert float(colour_calibration.calibration_loss(shown, truth, 0.01, False, torch.ones(6))) == pytest.approx(
-        float(colour_calibration.calibration_loss(shown, truth, 0.01)), rel=1e-6)
+        plain, rel=1e-5)
+    assert float(colour_calibration.calibration_loss(shown, truth, 0.01, True, torch.ones(6))) == pytest.approx(
+        by_class, rel=1e-5)
 
 
 def test_points_in_line_with_a_part_are_in_front_of_it_and_behind_it_only():

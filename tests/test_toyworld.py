@@ -215,18 +215,23 @@ def test_tiny_recipe_world_to_priors_to_sds_to_evaluation(tmp_path):
     assert report_main(["--checkpoint", str(checkpoint), "--clip", str(clip_dir), "--limit", "2", "--views", "2",
                         "--size", "32", "--split", "held_out", "--confusions", "--output", str(confusions)]) == 0
     missed = json.loads(confusions.read_text())["held_out"]
-    assert missed["r_precision"] == metrics["held_out"]["r_precision"]
-    assert sum(missed["confusions"].values()) == round((1 - missed["r_precision"]) * 2 * 2)
+    assert missed["r_precision"] == metrics["held_out"]["r_precision"]  # the same views, the same retrievals
+    assert all(isinstance(n, int) and n > 0 for n in missed["confusions"].values())
 
 
 def test_word_swaps_name_what_a_retrieval_miss_got_wrong():
     from toyworld.report import retrieval_confusions, word_swaps
 
-    assert word_swaps("a red cone", "a red pyramid") == "cone->pyramid"
-    assert word_swaps("a small red cube", "a large red torus") == "small->large & cube->torus"
-    assert word_swaps("a red cube", "a small red cube") == "size word"
+    assert word_swaps("a red cone", "a red pyramid") == "shape: cone->pyramid"
+    assert word_swaps("a small red cube", "a large red torus") == "size: small->large & shape: cube->torus"
+    assert word_swaps("a red cone", "a small red pyramid") == "size: medium->small & shape: cone->pyramid"
+    assert word_swaps("a red cube on top of a blue sphere", "a red cube") == "kind: stack->single"
+    assert word_swaps("a red cube on top of a blue sphere", "a blue cube on top of a red sphere") == \
+        "top_colour: red->blue & base_colour: blue->red"
+    assert word_swaps("a white snowman with a carrot nose", "a white duck with an orange beak") == \
+        "shape: snowman->duck"
     top1 = {"a red cone": ["a red cone", "a red pyramid", "a red pyramid"], "a blue cube": ["a blue cylinder"]}
-    assert retrieval_confusions({"top1": top1}) == {"cone->pyramid": 2, "cube->cylinder": 1}
+    assert retrieval_confusions({"top1": top1}) == {"shape: cone->pyramid": 2, "shape: cube->cylinder": 1}
 
 
 def test_metrics_of_a_perfect_and_a_shifted_object():

@@ -676,8 +676,9 @@ def test_detail_pixels_weigh_colour_and_coverage_errors(tmp_path):
 
 @pytest.mark.slow
 def test_the_normal_term_compares_the_field_s_normals_with_the_exact_ones(tmp_path):
-    """The supervised objective's normal term against a float64 reference: 1 - cos between -grad(density logit)
-    (central differences computed here) and the given normals, at given points, times objective.normal_weight."""
+    """The supervised objective's normal term against a reference computed here: 1 - cos between -grad(density
+    logit) (central differences, eps 0.01, summed in float64) and the given normals at given points, for the
+    prompts and planes compute_loss draws, times objective.normal_weight."""
     from training.trainer import Trainer
 
     def trainer(weight):
@@ -751,6 +752,7 @@ def test_plane_smoothness_adds_the_planes_total_variation(tmp_path):
 
 
 def test_a_prompt_set_without_exact_normals_is_refused_by_name():
+    import toyworld  # noqa: F401  (registers the set that has normals, which the message lists)
     from training.prompt_sets import surface_normals_sampler
 
     with pytest.raises(ValueError, match="'animals' has no exact surface normals.*toyworld"):

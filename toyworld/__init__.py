@@ -12,4 +12,5 @@ from .surface import surface_normals
 register_prompt_set("toyworld", lambda train_fraction=0.6, seed=0, **_: prompt_split(train_fraction, seed),
                     ground_truth=render_prompt, detail_points=detail_points, surface_normals=surface_normals)
 
-__all__ = ["Scene", "all_prompts", "detail_points", "prompt_split", "render_prompt", "scene_for_prompt"]
+__all__ = ["Scene", "all_prompts", "detail_points", "prompt_split", "render_prompt", "scene_for_prompt",
+           "surface_normals"]

@@ -14,7 +14,8 @@
   training/guidance.py says what each compares). The same SDS run on a spread of training prompts with each
   estimator; the final weights scored on a spread of *held-out* prompts (``--held-out``): IoU, colour accuracy
   and R-precision (lit views, among all toy-world prompts) under the evaluation CLIP. Run it once per prior / CFG
-  with overrides, e.g. ``prior.folder="assets/priors/toy-diffusion-64" prior.guidance_scale=3``.
+  with overrides, e.g. ``prior.folder="assets/priors/toy-diffusion-64" prior.guidance_scale=3``. When the
+  overrides set ``model.init_checkpoint`` (pilots that fine-tune), that checkpoint is scored too, as "(start)".
 
 Variants differ only in the ablated setting: same seed, prompts, cameras and steps. Each variant is an ordinary
 training run under ``--out``/<variant> (re-running resumes it, then re-scores). Extra ``section.key=value``
@@ -163,9 +164,11 @@ def run_estimator(args, prompt_file: Path, prompts: list[str]) -> dict:
     clip = CLIPScorer.from_folder(args.clip)
     held_out = spread_subset(prompt_split()[1], args.held_out)
     results = {}
-    start = [o.split("=", 1)[1].strip('"\'') for o in args.overrides if o.startswith("model.init_checkpoint=")]
+    from training.config import load_config
+
+    start = load_config(RECIPE, args.overrides).model.init_checkpoint
     if start:  # a fine-tune's pilots are read against the checkpoint they all start from, scored the same way
-        results["(start)"] = held_out_scores(Path(start[-1]), held_out, clip)
+        results["(start)"] = held_out_scores(Path(start), held_out, clip)
     for name, overrides in ESTIMATOR_VARIANTS.items():
         ckpts = train_variant(args.out / name, prompt_file, args.steps, args.steps, overrides + args.overrides)
         results[name] = held_out_scores(sorted(ckpts.glob("step-*"))[-1], held_out, clip)

@@ -120,7 +120,8 @@ def fit_albedo_head(field, samples: SurfaceSamples, steps: int, temperature: flo
                     balanced: bool = False, in_line_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Full-batch Adam on the albedo rows (effective weight (3, H), bias (3,)) from their current values; returns
     them and the error and naming accuracy on the fitting points before and after. ``in_line_weight`` W: the points
-    in line with a part along z weigh 1 + W, so the fit keeps the part's colour off the wall behind it."""
+    in line with a part along z weigh 1 + W (with ``--with-parts``, the part's own points too), so the fit keeps the
+    part's colour off the wall behind it."""
     point_weight = 1.0 + in_line_weight * samples.in_line.float()
     last, alpha = field.layers[-1], field.cfg.albedo_alpha
     weight = last.effective_weight()[1:].detach().clone().requires_grad_()
@@ -167,8 +168,9 @@ def main(argv=None) -> int:
                         help="fit the small parts' surface points too (by default the bodies' only: fitting the "
                              "parts put a door-coloured patch on the backs of houses)")
     parser.add_argument("--in-line-weight", type=float, default=0.0,
-                        help="the body points in line with a small part along z (the wall behind a door, the "
-                             "back of a snowman's head) weigh 1 + W: the fit then keeps the part's colour off them")
+                        help="the points in line with a small part along z (the wall behind a door, the back of "
+                             "a snowman's head; with --with-parts the part's own too) weigh 1 + W: the fit then "
+                             "keeps the part's colour off the wall")
     parser.add_argument("--limit", type=int, default=0, help="the first N training prompts only (tests)")
     args = parser.parse_args(argv)
     source, out = Path(args.checkpoint), Path(args.out)

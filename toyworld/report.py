@@ -21,6 +21,7 @@ from training.clip_model import CLIPScorer
 from training.evaluate import FLAT_VIEWS, VIEWS, clip_retrieval
 
 from .ground_truth import GroundTruthPipeline
+from .prior_probe import prompt_fields
 from .metrics import FEATURES, colour_errors_by_name, colour_scores, feature_fidelity, geometry_iou, is_janus
 from .scenes import all_prompts, prompt_split, scene_for_prompt
 
@@ -96,12 +97,14 @@ def colour_table(pipe, prompts: list[str]) -> dict[str, dict]:
 
 
 def word_swaps(prompt: str, retrieved: str) -> str:
-    """What a retrieval miss got wrong, as word swaps ("cone->pyramid", "small->large & cube->torus"), or
-    "size word" when one of the two has a size word the other lacks (the word counts differ)."""
-    ours, theirs = prompt.split(), retrieved.split()
-    if len(ours) != len(theirs):
-        return "size word"
-    return " & ".join(f"{a}->{b}" for a, b in zip(ours, theirs) if a != b)
+    """What a retrieval miss got wrong: "kind: single->stack" when the retrieved prompt is another kind of object,
+    else each changed field ("shape: cone->pyramid", "size: medium->small & shape: cube->torus")."""
+    kind, ours = prompt_fields(prompt)
+    other_kind, theirs = prompt_fields(retrieved)
+    if kind != other_kind:
+        return f"kind: {kind}->{other_kind}"
+    return " & ".join(f"{name}: {ours[name] or 'medium'}->{theirs[name] or 'medium'}" for name in ours
+                      if ours[name] != theirs[name])
 
 
 def retrieval_confusions(metrics: dict) -> Counter:

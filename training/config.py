@@ -25,7 +25,7 @@ class ObjectiveSection:
     detail_pixel_weight: float = 0.0  # supervised: extra weight of colour and coverage errors on small named parts
     normal_weight: float = 0.0  # supervised: weight of 1 - cos(field normal, exact normal) at true surface points
     normal_points: int = 512  # supervised: exact surface points a prompt, for normal_weight
-    plane_smoothness: float = 0.0  # weight of the planes' L2 total variation (neighbouring texels' squared gaps)
+    plane_smoothness: float = 0.0  # weight of the planes' L2 total variation (mean squared texel gaps, rows + columns)
     opacity_entropy: float = 0.0  # SDS only: weight of the binary entropy of each pixel's opacity (haze -> 0 or 1)
     opacity_sparsity: float = 0.0  # SDS only: weight of the mean opacity (fewer floaters; too much erases thin shapes)
     depth_variance: float = 0.0  # SDS only: weight of the z-variance of half-opaque rays: a thin surface, not a fog

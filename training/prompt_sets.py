@@ -77,7 +77,7 @@ _SURFACE_NORMALS: dict[str, Callable] = {}
 def register_prompt_set(name: str, make: Callable[..., tuple[list[str], list[str]]],
                         ground_truth: Callable | None = None,
                         detail_points: Callable[[str], list[tuple[float, float, float]]] | None = None,
-                      surface_normals: Callable | None = None) -> None:
+                        surface_normals: Callable | None = None) -> None:
     """Add a set: ``make(**options)`` returns (train prompts, held-out prompts). ``ground_truth(prompt, cameras,
     resolution, background, shading, light_dirs, ambient)`` -> (linear RGB, mask, depth, detail), when the set has
     exact scenes, renders them for the supervised objective (``detail``: each pixel's coverage by small named

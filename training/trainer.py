@@ -86,7 +86,8 @@ class TrainingStopped(RuntimeError):
 class GenerateAndRender(nn.Module):
     """What DistributedDataParallel wraps: prompts' embeddings + noise + rays -> rendered colours (linear), and,
     given ``surface_points`` (B, N, 3), the field's unit normals there, and with ``plane_smoothness`` the planes'
-    mean squared difference between neighbouring texels (each else None)."""
+    roughness: the mean squared gap between neighbouring texels along rows plus that along columns (each else
+    None)."""
 
     def __init__(self, model: Instant3DModel):
         super().__init__()

@@ -757,6 +757,11 @@ def test_a_prompt_set_without_exact_normals_is_refused_by_name():
 
     with pytest.raises(ValueError, match="'animals' has no exact surface normals.*toyworld"):
         surface_normals_sampler("animals")
+    from training.prompt_sets import ground_truth_renderer
+
+    with pytest.raises(ValueError, match=r"'animals' has no exact scenes.*\['toyworld'\] \(or set mode = \"sds\"\)"):
+        ground_truth_renderer("animals")
+    assert surface_normals_sampler("toyworld") is toyworld.surface_normals
 
 
 def test_lr_schedule_resumes_at_the_current_step(tmp_path):

@@ -100,32 +100,32 @@ def _find(name: str) -> None:
         importlib.import_module(name)
 
 
+def _registered(table: dict, name: str, missing: str) -> Callable:
+    """``table[name]``, once the set is found; else a ValueError from ``missing``, formatted with the set's name and
+    the sets the table does have (so the message says what is wrong and what to use instead)."""
+    _find(name)
+    if name not in table:
+        raise ValueError(missing.format(name=repr(name), sets=sorted(table)))
+    return table[name]
+
+
 def ground_truth_renderer(name: str) -> Callable:
     """The exact-scene renderer of set ``name``, or a ValueError naming the sets that have one."""
-    _find(name)
-    if name not in _GROUND_TRUTH:
-        raise ValueError(f"prompt set {name!r} has no exact scenes, so it cannot train the supervised objective; "
-                         f"sets with exact scenes: {sorted(_GROUND_TRUTH)} (or set mode = \"sds\")")
-    return _GROUND_TRUTH[name]
+    return _registered(_GROUND_TRUTH, name, "prompt set {name} has no exact scenes, so it cannot train the "
+                       "supervised objective; sets with exact scenes: {sets} (or set mode = \"sds\")")
 
 
 def surface_normals_sampler(name: str) -> Callable:
     """Set ``name``'s sampler of exact surface points and normals, or a ValueError naming the sets that have one."""
-    _find(name)
-    if name not in _SURFACE_NORMALS:
-        raise ValueError(f"prompt set {name!r} has no exact surface normals, so objective.normal_weight cannot be "
-                         f"used with it; sets that have them: {sorted(_SURFACE_NORMALS)}")
-    return _SURFACE_NORMALS[name]
+    return _registered(_SURFACE_NORMALS, name, "prompt set {name} has no exact surface normals, so "
+                       "objective.normal_weight cannot be used with it; sets that have them: {sets}")
 
 
 def detail_points_finder(name: str) -> Callable[[str], list[tuple[float, float, float]]]:
     """Where set ``name`` says each prompt's small details are, or a ValueError naming the sets that say so."""
-    _find(name)
-    if name not in _DETAIL_POINTS:
-        raise ValueError(f"prompt set {name!r} does not say where its prompts' small parts are, so close-up views "
-                         f"(render.close_up > 0, prompts.detail_weight != 1) cannot aim at them; sets that do: "
-                         f"{sorted(_DETAIL_POINTS)}")
-    return _DETAIL_POINTS[name]
+    return _registered(_DETAIL_POINTS, name, "prompt set {name} does not say where its prompts' small parts are, "
+                       "so close-up views (render.close_up > 0, prompts.detail_weight != 1) cannot aim at them; "
+                       "sets that do: {sets}")
 
 
 register_prompt_set("animals", lambda train_fraction=0.6, seed=0, **_: split(animals(), train_fraction, seed))

@@ -49,6 +49,7 @@ def toyworld_report(pipe, clip, prompts: list[str], queries: list[str], views: i
     """IoU, colour accuracy / error, Janus rate and CLIP retrieval of ``prompts`` (toy-world prompts)."""
     metrics = clip_retrieval(pipe, clip, prompts, queries, views, size, **VIEWS)
     flat = clip_retrieval(pipe, clip, prompts, queries, views, size, **FLAT_VIEWS)
+    metrics.pop("top1")  # per view; --confusions summarises it
     metrics.update(r_precision_flat=flat["r_precision"], retrieval_probability_flat=flat["retrieval_probability"])
     metrics.update(object_scores(pipe, prompts, clip))
     return metrics
@@ -183,7 +184,6 @@ def report(args) -> int:
         for split in chosen:
             prompts = splits[split][: args.limit] if args.limit else splits[split]
             metrics = toyworld_report(source, clip, prompts, all_prompts(), args.views, min(args.size, 128))
-            metrics.pop("top1")
             rows.append((f"{label} / {split}", metrics))
             results[key + split] = metrics
     print_table(rows)

@@ -5,7 +5,10 @@ cross-section at each height of the 128^3 bake: a true cylinder's is constant, t
 its swings.
 
     python docs/make_ripple_figure.py [--checkpoint assets/checkpoints/toyworld-supervised-details]
-                                      [--out docs/shape-ripples.png]
+                                      [--out docs/shape-ripples.png] [--upsampling nearest,bilinear,nearest,nearest]
+
+--upsampling runs the checkpoint's weights with other upsampling modes, one per decoder stage, untrained: which
+stage's nearest-neighbour doubling the ripples follow.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import numpy as np
 from PIL import Image
 
+from instant3d.io.checkpoint import with_upsampling
 from instant3d.pipeline import Instant3DPipeline
 from instant3d.render.cleanup import auto_threshold
 from toyworld.ground_truth import GroundTruthPipeline
@@ -41,8 +45,11 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="assets/checkpoints/toyworld-supervised-details")
     parser.add_argument("--out", default="docs/shape-ripples.png")
     parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--upsampling", default="", help="comma-separated modes, one per decoder stage")
     args = parser.parse_args()
     pipe = Instant3DPipeline.from_pretrained(args.checkpoint)
+    if args.upsampling:
+        pipe.model = with_upsampling(pipe.model, args.upsampling.split(",")).eval().requires_grad_(False)
     truth = GroundTruthPipeline(pipe.config.render)
     rows = []
     for prompt in PROMPTS:
@@ -52,6 +59,9 @@ def main() -> None:
             areas = cross_sections(out)
             print(f"{prompt}: cross-section area per height (voxels of the 128^3 bake, bottom to top):")
             print(" ".join(map(str, areas)))
+            middle = areas[len(areas) // 5: -len(areas) // 5]  # the side, away from the rounded rims
+            print(f"middle three fifths: {min(middle)}-{max(middle)} voxels "
+                  f"(std / mean {np.std(middle) / np.mean(middle):.3f})")
         pipe.cache.clear()
     Image.fromarray(np.concatenate(rows, axis=0).astype(np.uint8)).save(args.out)
     print(f"wrote {args.out} (left two: exact scene; right two: {args.checkpoint})")

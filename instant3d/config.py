@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 
+UPSAMPLING_MODES = ("nearest", "bilinear")
+
+
 class ConfigError(ValueError):
     """A configuration that cannot describe a model (unknown key, wrong type, inconsistent sizes)."""
 
@@ -55,6 +58,10 @@ class GeneratorConfig:
     # Flip the decoded XZ plane along z and the ZY plane along z, i.e. mirror the scene z -> -z. Converted official
     # checkpoints need it: their camera frame is left-handed and their front faces -z (docs/official-checkpoint.md).
     mirror_z: bool = False
+    # How each decoder stage doubles its resolution before its 3x3 conv: "nearest" (diffusers' Upsample2D, the
+    # official code) or "bilinear". Empty: nearest in every stage. Nearest copies each texel into a 2x2 block that
+    # the convs must smooth away; what they leave shows as ripples on flat and round surfaces (docs/toyworld.md).
+    upsampling: tuple[str, ...] = ()
 
     @property
     def triplane_resolution(self) -> int:
@@ -122,6 +129,12 @@ class Instant3DConfig:
         for ch, att in zip(g.block_out_channels, g.cross_attention):
             if att and ch % g.attention_head_dim:
                 raise ConfigError(f"{ch} channels are not divisible by attention_head_dim {g.attention_head_dim}")
+        if g.upsampling and len(g.upsampling) != n:
+            raise ConfigError(f"generator.upsampling names {len(g.upsampling)} stages but the decoder has {n} "
+                              "(give one mode per entry of block_out_channels, or none for nearest everywhere)")
+        bad = [m for m in g.upsampling if m not in UPSAMPLING_MODES]
+        if bad:
+            raise ConfigError(f"generator.upsampling: unknown mode(s) {bad}; use {' or '.join(UPSAMPLING_MODES)}")
         if g.style_text not in ("pooled", "tokens"):
             raise ConfigError(f"generator.style_text must be 'pooled' or 'tokens', got {g.style_text!r}")
         if g.norm_out_groups < 0 or (g.norm_out_groups and g.block_out_channels[-1] % g.norm_out_groups):

@@ -114,3 +114,42 @@ def test_atomic_folders_end_up_with_ordinary_permissions(tmp_path):
     assert stat.S_IMODE((tmp_path / "made").stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "made" / "sub").stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "made" / "sub" / "weights.bin").stat().st_mode) == 0o644
+
+
+def test_a_checkpoint_moves_to_bilinear_upsampling_with_its_weights_and_the_mode_is_saved(tmp_path, tiny_checkpoint):
+    from instant3d.io.checkpoint import with_upsampling
+
+    model, _ = load_model(tiny_checkpoint)
+    stages = len(model.config.generator.block_out_channels)
+    smooth = with_upsampling(model, ["bilinear"] * stages)
+    a, b = model.state_dict(), smooth.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    reloaded, _ = load_model(save_checkpoint(smooth, tmp_path / "smooth",
+                                             text_encoder_path=str(tiny_checkpoint / "text_encoder")))
+    assert reloaded.config.generator.upsampling == ("bilinear",) * stages
+    tokens = torch.randn(1, model.config.text.num_tokens, model.config.text.token_dim)
+    pooled, z = torch.randn(1, model.config.text.pooled_dim), torch.randn(1, model.config.generator.z_dim)
+    with torch.no_grad():
+        assert torch.equal(reloaded.generator(tokens, pooled, z), smooth.eval().generator(tokens, pooled, z))
+        assert not torch.allclose(model.generator(tokens, pooled, z), smooth.generator(tokens, pooled, z))
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_decoder_stage_upsampling_against_an_independent_reference(mode):
+    """A stage whose conv is the identity doubles a ramp: nearest repeats each texel twice (steps), bilinear puts
+    the new texels a quarter of the way between their neighbours (a ramp again, away from the edges)."""
+    from instant3d.config import preset_config
+    from instant3d.models.generator import DecoderStage
+
+    cfg = preset_config("tiny").generator
+    stage = DecoderStage(4, 4, 1, 2, False, cfg, 8, upsampling=mode)
+    with torch.no_grad():
+        stage.upsample.conv.weight.zero_()
+        stage.upsample.conv.bias.zero_()
+        for c in range(4):
+            stage.upsample.conv.weight[c, c, 1, 1] = 1.0
+        ramp = torch.arange(6, dtype=torch.float).expand(1, 4, 6, 6).contiguous()
+        out = stage.double(ramp)[0, 0, 0].tolist()
+    expected = ([v for v in range(6) for _ in range(2)] if mode == "nearest"
+                else [0.0] + [v / 2 - 0.25 for v in range(1, 11)] + [5.0])
+    assert out == pytest.approx(expected)

@@ -50,3 +50,16 @@ def test_unknown_keys_and_wrong_types_are_refused():
         Instant3DConfig.from_dict(bad)
     with pytest.raises(ConfigError, match="unknown preset"):
         preset_config("huge")
+
+
+def test_upsampling_modes_are_checked_per_stage():
+    stages = len(preset_config("tiny").generator.block_out_channels)
+    data = preset_config("tiny").to_dict()
+    data["generator"]["upsampling"] = ["bilinear"] * stages
+    assert Instant3DConfig.from_dict(data).generator.upsampling == ("bilinear",) * stages
+    data["generator"]["upsampling"] = ["bilinear"] * (stages + 1)
+    with pytest.raises(ConfigError, match=f"names {stages + 1} stages but the decoder has {stages}"):
+        Instant3DConfig.from_dict(data)
+    data["generator"]["upsampling"] = ["bicubic"] + ["nearest"] * (stages - 1)
+    with pytest.raises(ConfigError, match="unknown mode.*bicubic.*nearest or bilinear"):
+        Instant3DConfig.from_dict(data)

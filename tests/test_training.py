@@ -841,6 +841,30 @@ def test_the_generator_can_be_conditioned_on_another_text_encoder_than_the_prior
     assert pipe("a red cube").render(0, 15, size=16).shape == (16, 16, 3)
 
 
+def test_model_upsampling_reaches_new_models_and_fine_tuned_checkpoints(tmp_path):
+    """model.upsampling: a fresh tiny model is built with it, and a checkpoint fine-tuned with the other mode keeps
+    its weights' names and shapes (upsampling has none) and saves the new mode in its config.json."""
+    from instant3d.config import preset_config
+    from instant3d.io.checkpoint import load_model
+
+    stages = len(preset_config(load_config(SMOKE).model.preset).generator.block_out_channels)
+    bilinear = "[" + ",".join(['"bilinear"'] * stages) + "]"
+    first, second = tmp_path / "first", tmp_path / "second"
+    done = subprocess.run(_train_cmd(first, "optim.steps=1", "run.checkpoint_every=1", f"model.upsampling={bilinear}"),
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    start, _ = load_model(_checkpoints(first)[-1])
+    assert start.config.generator.upsampling == ("bilinear",) * stages
+    nearest = "[" + ",".join(['"nearest"'] * stages) + "]"
+    done = subprocess.run(_train_cmd(second, "optim.steps=1", "run.checkpoint_every=1", f"model.upsampling={nearest}",
+                                     f'model.init_checkpoint="{_checkpoints(first)[-1]}"'),
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    tuned, _ = load_model(_checkpoints(second)[-1])
+    assert tuned.config.generator.upsampling == ("nearest",) * stages
+    assert {k: v.shape for k, v in tuned.state_dict().items()} == {k: v.shape for k, v in start.state_dict().items()}
+
+
 def test_block_mean_is_the_average_pool_of_a_supersampled_render():
     from training.trainer import block_mean
 

@@ -15,6 +15,9 @@ class ModelSection:
     preset: str = "small"  # tiny | small | paper (text shape comes from the prior's text encoder)
     init_checkpoint: str = ""  # start from this checkpoint's weights (not a resume)
     text_encoder: str = ""  # condition the generator on this text encoder folder instead of the prior's own
+    # The decoder's upsampling per stage, "nearest" or "bilinear" (generator.upsampling); empty: the preset's, or
+    # init_checkpoint's. It has no weights, so a checkpoint can be fine-tuned into the other mode.
+    upsampling: tuple[str, ...] = ()
 
 
 @dataclass

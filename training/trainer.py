@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from instant3d.render.cameras import Cameras, generate_rays
-from instant3d.io.checkpoint import CheckpointError, load_model, save_checkpoint
+from instant3d.io.checkpoint import CheckpointError, load_model, save_checkpoint, with_upsampling
 from instant3d.render.color import linear_to_srgb, linear_to_srgb_unbounded, to_display
 from instant3d.config import preset_config
 from instant3d.io.files import remove_stale_temporaries
@@ -214,11 +215,16 @@ class Trainer:
         cfg = self.cfg
         if cfg.model.init_checkpoint:
             model, _ = load_model(cfg.model.init_checkpoint, "cpu")
+            if cfg.model.upsampling:
+                model = with_upsampling(model, cfg.model.upsampling)
             return model.train().requires_grad_(True)
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         config = preset_config(cfg.model.preset, num_tokens=self.text_encoder.max_length,
                                token_dim=self.text_encoder.token_dim,
                                pooled_dim=int(self.text_encoder.model.config.hidden_size))
+        if cfg.model.upsampling:
+            config.generator = dataclasses.replace(config.generator, upsampling=tuple(cfg.model.upsampling))
+            config.validate()
         return Instant3DModel(config).train()
 
     def _build_lr_scheduler(self):

@@ -2,7 +2,7 @@
 
 The decoder uses diffusers' own blocks, as the official code does: ``ResnetBlockCondNorm2D`` with
 ``ada_group`` norms (the style injection), ``Transformer2DModel`` for cross-attention to the tokens,
-``Upsample2D`` (nearest x2 + 3x3 conv) and ``TimestepEmbedding`` as the mapping network.
+``Upsample2D`` (nearest x2 + 3x3 conv; or, per stage, a bilinear x2 before its conv) and ``TimestepEmbedding`` as the mapping network.
 """
 
 from __future__ import annotations
@@ -112,7 +112,8 @@ class TokenToPlane(TokenToVector):
 class DecoderStage(nn.Module):
     """Res-blocks (style-modulated), each optionally followed by cross-attention, then x2 upsampling."""
 
-    def __init__(self, in_ch, out_ch, layers, groups, cross_attention, cfg: GeneratorConfig, token_dim):
+    def __init__(self, in_ch, out_ch, layers, groups, cross_attention, cfg: GeneratorConfig, token_dim,
+                 upsampling: str = "nearest"):
         super().__init__()
         self.resnets = nn.ModuleList(
             ResnetBlockCondNorm2D(
@@ -128,13 +129,22 @@ class DecoderStage(nn.Module):
         self.attentions = nn.ModuleList(
             _cross_attention(out_ch, groups, cfg, token_dim) for _ in range(layers) if cross_attention
         )
-        self.upsample = Upsample2D(out_ch, use_conv=True)
+        # Same parameters either way (one 3x3 conv), so a checkpoint loads into both; bilinear doubles the
+        # resolution here and lets Upsample2D run its conv only.
+        self.upsampling = upsampling
+        self.upsample = Upsample2D(out_ch, use_conv=True, interpolate=upsampling == "nearest")
 
     def forward(self, x, style, tokens):
         for i, resnet in enumerate(self.resnets):
             x = resnet(x, style)
             if self.attentions:
                 x = self.attentions[i](x, encoder_hidden_states=tokens, return_dict=False)[0]
+        return self.double(x)
+
+    def double(self, x: torch.Tensor) -> torch.Tensor:
+        """x2 resolution, then the 3x3 conv."""
+        if self.upsampling == "bilinear":
+            x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
         return self.upsample(x)
 
 
@@ -165,8 +175,9 @@ class TriplaneDecoder(nn.Module):
             _cross_attention(first, cfg.norm_groups[0], cfg, text.token_dim) if cfg.mid_cross_attention else None
         )
         stages, in_ch = [], first
-        for out_ch, att, groups in zip(chans, cfg.cross_attention, cfg.norm_groups):
-            stages.append(DecoderStage(in_ch, out_ch, cfg.layers_per_block, groups, att, cfg, text.token_dim))
+        modes = cfg.upsampling or ("nearest",) * len(chans)
+        for out_ch, att, groups, mode in zip(chans, cfg.cross_attention, cfg.norm_groups, modes):
+            stages.append(DecoderStage(in_ch, out_ch, cfg.layers_per_block, groups, att, cfg, text.token_dim, mode))
             in_ch = out_ch
         self.stages = nn.ModuleList(stages)
         self.norm_out = nn.GroupNorm(cfg.norm_out_groups or cfg.norm_groups[-1], in_ch)

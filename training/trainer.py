@@ -12,13 +12,13 @@ row stop the run with a message, leaving the last good checkpoint.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import re
 import shutil
 import time
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 

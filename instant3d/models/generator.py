@@ -2,7 +2,8 @@
 
 The decoder uses diffusers' own blocks, as the official code does: ``ResnetBlockCondNorm2D`` with
 ``ada_group`` norms (the style injection), ``Transformer2DModel`` for cross-attention to the tokens,
-``Upsample2D`` (nearest x2 + 3x3 conv; or, per stage, a bilinear x2 before its conv) and ``TimestepEmbedding`` as the mapping network.
+``Upsample2D`` (nearest x2 + 3x3 conv; or, per stage, a bilinear x2 before its conv) and ``TimestepEmbedding``
+as the mapping network.
 """
 
 from __future__ import annotations

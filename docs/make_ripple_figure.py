@@ -18,7 +18,6 @@ import argparse
 import numpy as np
 from PIL import Image
 
-from instant3d.io.checkpoint import with_upsampling
 from instant3d.pipeline import Instant3DPipeline
 from instant3d.render.cleanup import auto_threshold
 from toyworld.ground_truth import GroundTruthPipeline
@@ -49,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     pipe = Instant3DPipeline.from_pretrained(args.checkpoint)
     if args.upsampling:
-        pipe.model = with_upsampling(pipe.model, args.upsampling.split(",")).eval().requires_grad_(False)
+        pipe.model = pipe.model.with_upsampling(args.upsampling.split(",")).eval().requires_grad_(False)
     truth = GroundTruthPipeline(pipe.config.render)
     rows = []
     for prompt in PROMPTS:

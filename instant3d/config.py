@@ -158,6 +158,10 @@ class Instant3DConfig:
         if self.text.num_tokens < 1 or self.text.token_dim < 1:
             raise ConfigError("text.num_tokens and text.token_dim must be positive")
 
+    def with_upsampling(self, upsampling) -> "Instant3DConfig":
+        """This config with the decoder stages doubling as ``upsampling`` says (one mode per stage); validated."""
+        return dataclasses.replace(self, generator=dataclasses.replace(self.generator, upsampling=tuple(upsampling)))
+
     # -- serialisation -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

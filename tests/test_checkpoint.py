@@ -117,11 +117,9 @@ def test_atomic_folders_end_up_with_ordinary_permissions(tmp_path):
 
 
 def test_a_checkpoint_moves_to_bilinear_upsampling_with_its_weights_and_the_mode_is_saved(tmp_path, tiny_checkpoint):
-    from instant3d.io.checkpoint import with_upsampling
-
     model, _ = load_model(tiny_checkpoint)
     stages = len(model.config.generator.block_out_channels)
-    smooth = with_upsampling(model, ["bilinear"] * stages)
+    smooth = model.with_upsampling(["bilinear"] * stages)
     a, b = model.state_dict(), smooth.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     reloaded, _ = load_model(save_checkpoint(smooth, tmp_path / "smooth",

@@ -12,7 +12,6 @@ row stop the run with a message, leaving the last good checkpoint.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -33,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from instant3d.render.cameras import Cameras, generate_rays
-from instant3d.io.checkpoint import CheckpointError, load_model, save_checkpoint, with_upsampling
+from instant3d.io.checkpoint import CheckpointError, load_model, save_checkpoint
 from instant3d.render.color import linear_to_srgb, linear_to_srgb_unbounded, to_display
 from instant3d.config import preset_config
 from instant3d.io.files import remove_stale_temporaries
@@ -216,15 +215,14 @@ class Trainer:
         if cfg.model.init_checkpoint:
             model, _ = load_model(cfg.model.init_checkpoint, "cpu")
             if cfg.model.upsampling:
-                model = with_upsampling(model, cfg.model.upsampling)
+                model = model.with_upsampling(cfg.model.upsampling)
             return model.train().requires_grad_(True)
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         config = preset_config(cfg.model.preset, num_tokens=self.text_encoder.max_length,
                                token_dim=self.text_encoder.token_dim,
                                pooled_dim=int(self.text_encoder.model.config.hidden_size))
         if cfg.model.upsampling:
-            config.generator = dataclasses.replace(config.generator, upsampling=tuple(cfg.model.upsampling))
-            config.validate()
+            config = config.with_upsampling(cfg.model.upsampling)
         return Instant3DModel(config).train()
 
     def _build_lr_scheduler(self):

@@ -15,7 +15,6 @@ file is wrong. Saving is atomic: the folder is written beside the target and ren
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -81,17 +80,6 @@ def load_model(folder, device: str | torch.device = "cpu") -> tuple[Instant3DMod
         raise CheckpointError(f"{weights} is truncated or corrupt ({exc}); re-download or re-export it") from exc
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), meta
-
-
-def with_upsampling(model: Instant3DModel, upsampling) -> Instant3DModel:
-    """The same weights in a model whose decoder stages upsample as ``upsampling`` says (one mode per stage).
-
-    Upsampling has no parameters, so the state dict carries over exactly; the new mode is saved in config.json."""
-    config = dataclasses.replace(model.config,
-                                 generator=dataclasses.replace(model.config.generator, upsampling=tuple(upsampling)))
-    changed = Instant3DModel(config)  # __post_init__ validated the modes
-    changed.load_state_dict(model.state_dict(), strict=True)
-    return changed.to(next(model.parameters()).device).train(model.training)
 
 
 def _check_shapes(path: Path, expected: dict, found: dict) -> None:

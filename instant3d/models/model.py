@@ -23,5 +23,13 @@ class Instant3DModel(nn.Module):
         """Triplanes (B, 3, C, R, R) for token embeddings (B, L, D), pooled (B, D) and style noise (B, z_dim)."""
         return self.generator(tokens, pooled, z)
 
+    def with_upsampling(self, upsampling) -> "Instant3DModel":
+        """The same weights in a model whose decoder stages upsample as ``upsampling`` says (one mode per stage).
+
+        Upsampling has no parameters, so the state dict carries over exactly; the new mode is saved in config.json."""
+        changed = Instant3DModel(self.config.with_upsampling(upsampling))
+        changed.load_state_dict(self.state_dict(), strict=True)
+        return changed.to(next(self.parameters()).device).train(self.training)
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

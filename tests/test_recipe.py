@@ -1,0 +1,120 @@
+"""training.recipe: stages chained checkpoint to checkpoint, finished stages skipped on a re-run, wall times
+recorded, the calibration run last, and recipes that cannot run refused by name."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from training.recipe import RecipeError, load_recipe, main, plan, run
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "training" / "configs" / "smoke.toml"
+# the smoke config's tiny random models, trained against the toy world's exact renders (fast, and calibratable)
+COMMON = ['objective.mode="supervised"', 'prompts.set="toyworld"', "prompts.validation=[]",
+          "run.checkpoint_every=1", "optim.lr=3e-3", "optim.ema_decay=0"]  # raw weights: they move at once
+
+
+def _toml_list(items) -> str:
+    return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+
+def _write(tmp_path: Path, stages: list[tuple[str, list[str]]], calibration: list[str] | None = None) -> Path:
+    lines = [f'output_dir = "{tmp_path / "out"}"', f"overrides = {_toml_list(COMMON)}"]
+    for name, overrides in stages:
+        lines += ["[[stage]]", f'name = "{name}"', f'config = "{SMOKE}"', f"overrides = {_toml_list(overrides)}"]
+    if calibration is not None:
+        lines += ["[calibration]", f"args = {_toml_list(calibration)}"]
+    path = tmp_path / "recipe.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_each_stage_starts_from_the_last_and_a_rerun_trains_nothing(tmp_path):
+    """Stage b runs at learning rate 0, so its weights are exactly where it started: stage a's last checkpoint,
+    which each step at 3e-3 moved (so a stage b that started from a fresh model would fail)."""
+    recipe = load_recipe(_write(tmp_path, [("a", ["optim.steps=3"]), ("b", ["optim.steps=2", "optim.lr=0.0"])]))
+    final = run(recipe)
+    out = tmp_path / "out"
+    assert final == out / "b" / "checkpoints" / "step-0000002"
+    first = load_file(out / "a" / "checkpoints" / "step-0000003" / "model.safetensors")
+    second = load_file(final / "model.safetensors")
+    assert sorted(first) == sorted(second)
+    for name in first:
+        torch.testing.assert_close(second[name], first[name], atol=1e-6, rtol=0, msg=lambda m: f"{name}: {m}")
+    earlier = load_file(out / "a" / "checkpoints" / "step-0000001" / "model.safetensors")
+    assert max(float((first[k] - earlier[k]).abs().max()) for k in first) > 1e-4
+    record = json.loads((out / "recipe.json").read_text())
+    assert list(record["stages"]) == ["a", "b"]
+    assert all(entry["seconds"] > 0 for entry in record["stages"].values())
+    assert record["stages"]["b"]["final"] == str(final)
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
+    assert run(recipe) == final
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")} == stamps
+    assert json.loads((out / "recipe.json").read_text()) == record  # no time added for skipped stages
+
+
+def test_a_stage_moved_away_from_its_start_when_it_trains(tmp_path):
+    """The counterpart of the test above: at a non-zero learning rate stage b's weights leave stage a's."""
+    recipe = load_recipe(_write(tmp_path, [("a", ["optim.steps=2"]), ("b", ["optim.steps=2"])]))
+    final = run(recipe)
+    first = load_file(tmp_path / "out" / "a" / "checkpoints" / "step-0000002" / "model.safetensors")
+    second = load_file(final / "model.safetensors")
+    assert max(float((second[k] - first[k]).abs().max()) for k in first) > 1e-4
+
+
+def test_until_stops_after_the_named_stage_and_the_calibration_runs_last(tmp_path):
+    path = _write(tmp_path, [("a", ["optim.steps=2"]), ("b", ["optim.steps=1"])],
+                  calibration=["--limit", "2", "--seeds", "1", "--points", "20", "--steps", "3"])
+    assert main([str(path), "--until", "a"]) == 0
+    out = tmp_path / "out"
+    assert (out / "a" / "checkpoints" / "step-0000002").is_dir() and not (out / "b").exists()
+    assert main([str(path)]) == 0
+    calibrated = json.loads((out / "calibrated" / "config.json").read_text())["colour_calibration"]
+    assert calibrated["from"] == "step-0000001" and calibrated["prompts"] == 2
+    assert json.loads((out / "recipe.json").read_text())["stages"]["calibrated"]["source"].endswith(
+        "b/checkpoints/step-0000001")
+    assert main([str(path), "--until", "nope"]) == 2
+
+
+def test_plan_prints_one_command_per_stage_chained_by_checkpoint(tmp_path):
+    recipe = load_recipe(_write(tmp_path, [("a", ["optim.steps=7"]), ("b", [])], calibration=[]))
+    lines = plan(recipe)
+    assert len(lines) == 3
+    assert "model.init_checkpoint" not in lines[0] and "optim.steps=7" in lines[0]
+    assert "a/checkpoints/step-0000007" in lines[1]
+    assert lines[2].startswith("python -m toyworld.colour_calibration --checkpoint ")
+    assert lines[2].split("--checkpoint ")[1].split()[0].endswith("b/checkpoints/step-0000020")  # smoke's 20
+
+
+@pytest.mark.parametrize("text, says", [
+    ('output_dir = "x"\n', "no [[stage]]"),
+    ('[[stage]]\nname = "a"\nconfig = "training/configs/smoke.toml"\n', "output_dir"),
+    ('output_dir = "x"\n[[stage]]\nname = "a"\nconfig = "nowhere.toml"\n', "nowhere.toml"),
+    ('output_dir = "x"\n[[stage]]\nname = "a"\nconfig = "training/configs/smoke.toml"\n'
+     '[[stage]]\nname = "a"\nconfig = "training/configs/smoke.toml"\n', "used twice"),
+    ('output_dir = "x"\n[[stage]]\nname = "a/b"\nconfig = "training/configs/smoke.toml"\n', "needs a name"),
+    ('output_dir = "x"\n[[stage]]\nname = "a"\nconfig = "training/configs/smoke.toml"\nsteps = 3\n',
+     "unknown keys ['steps']"),
+    ('output_dir = "x"\n[[stage]]\nname = "a"\nconfig = "training/configs/smoke.toml"\n'
+     '[calibration]\nargs = ["--out", "y"]\n', "--checkpoint or --out"),
+    ('output_dir = "x"\noverrides = "optim.steps=3"\n', "list of strings"),
+    ('output_dir = \n', "not valid TOML"),
+])
+def test_recipes_that_cannot_run_are_refused_by_name(tmp_path, monkeypatch, text, says):
+    monkeypatch.chdir(ROOT)
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(RecipeError, match="bad.toml") as caught:
+        load_recipe(path)
+    assert says in str(caught.value)
+
+
+def test_the_projects_recipes_load(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    for path in sorted((ROOT / "training" / "recipes").glob("*.toml")):
+        recipe = load_recipe(path)
+        assert len(plan(recipe)) == len(recipe.stages) + (recipe.calibration is not None)

@@ -1,0 +1,246 @@
+"""Train a checkpoint in stages with one command: each stage an ordinary training run (a config from
+training/configs plus overrides) started from the previous stage's last checkpoint, then, if the recipe asks, the
+colour calibration of the last stage (toyworld.colour_calibration).
+
+    python -m training.recipe training/recipes/toyworld_default_bilinear.toml [--until STAGE] [--plan]
+
+Why: the toy world's default takes five stages and a calibration. By hand, each stage's ``model.init_checkpoint``
+must be pointed at the previous stage's last step, and a session that is killed loses track of which stage was
+running. Re-running the same command skips finished stages, resumes the stage in progress (training.train's own
+resume from its newest readable checkpoint) and adds each stage's wall time to OUTPUT/recipe.json, which is what a
+published checkpoint's README quotes. One process only: for torchrun, run the stages one by one with
+``python -m training.train`` (``--plan`` prints their commands).
+
+A recipe is a TOML file::
+
+    output_dir = "runs/toyworld-default"               # stage NAME trains into output_dir/NAME
+    overrides = ['model.upsampling=["bilinear", ...]']  # for every stage (optional)
+
+    [[stage]]
+    name = "1-albedo"
+    config = "training/configs/toyworld_supervised.toml"
+    overrides = ["optim.steps=15000"]                   # this stage's own (optional)
+
+    [calibration]                                       # optional: output_dir/calibrated
+    args = ["--seeds", "3"]                             # more toyworld.colour_calibration flags (optional)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import shlex
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from instant3d.io.checkpoint import CONFIG_NAME
+from instant3d.io.files import atomic_path
+
+from .config import load_config
+
+RECORD_NAME = "recipe.json"
+CALIBRATED_NAME = "calibrated"
+STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+log = logging.getLogger("instant3d.recipe")
+
+
+class RecipeError(ValueError):
+    """A recipe file that cannot be run as written; the message names the file and the fault."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    config: Path
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Recipe:
+    source: Path
+    output_dir: Path
+    stages: tuple[Stage, ...]
+    overrides: tuple[str, ...] = ()
+    calibration: tuple[str, ...] | None = None  # None: no calibration; else its extra flags
+
+    def stage_dir(self, stage: Stage) -> Path:
+        return self.output_dir / stage.name
+
+    @property
+    def calibrated_dir(self) -> Path:
+        return self.output_dir / CALIBRATED_NAME
+
+
+def _strings(value, where: str, source: Path) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise RecipeError(f"{source}: {where} must be a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def load_recipe(path) -> Recipe:
+    """Read and check a recipe; every fault is a RecipeError naming the file, the key and what to write instead."""
+    source = Path(path)
+    if not source.is_file():
+        raise RecipeError(f"recipe {source} does not exist (see training/recipes/ for the project's own)")
+    try:
+        data = tomllib.loads(source.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"{source} is not valid TOML: {exc}") from exc
+    unknown = set(data) - {"output_dir", "overrides", "stage", "calibration"}
+    if unknown:
+        raise RecipeError(f"{source}: unknown keys {sorted(unknown)}; a recipe has output_dir, overrides, [[stage]] "
+                          "and [calibration]")
+    if not isinstance(data.get("output_dir"), str) or not data["output_dir"]:
+        raise RecipeError(f'{source}: output_dir must be a folder name, e.g. output_dir = "runs/my-recipe"')
+    overrides = _strings(data.get("overrides", []), "overrides", source)
+    stages, names = [], set()
+    for k, entry in enumerate(data.get("stage", [])):
+        where = f"stage {k + 1}"
+        extra = set(entry) - {"name", "config", "overrides"}
+        if extra:
+            raise RecipeError(f"{source}: {where} has unknown keys {sorted(extra)} (name, config, overrides)")
+        name = entry.get("name", "")
+        if not isinstance(name, str) or not STAGE_NAME.match(name):
+            raise RecipeError(f"{source}: {where} needs a name of letters, digits, '-', '_' or '.', got {name!r}")
+        if name == CALIBRATED_NAME or name in names:
+            raise RecipeError(f"{source}: stage name {name!r} is used twice or is reserved; give each stage its own")
+        names.add(name)
+        config = Path(entry.get("config", ""))
+        if not config.is_file():
+            raise RecipeError(f"{source}: {where} ({name}) names config {str(config)!r}, which does not exist")
+        stages.append(Stage(name, config, _strings(entry.get("overrides", []), f"{name}'s overrides", source)))
+    if not stages:
+        raise RecipeError(f"{source}: no [[stage]] tables; a recipe needs at least one stage")
+    calibration = data.get("calibration")
+    if calibration is not None:
+        if set(calibration) - {"args"}:
+            raise RecipeError(f"{source}: [calibration] takes only args, got {sorted(calibration)}")
+        calibration = _strings(calibration.get("args", []), "calibration.args", source)
+        if {"--checkpoint", "--out"} & set(calibration):
+            raise RecipeError(f"{source}: calibration.args may not set --checkpoint or --out; the recipe sets them")
+    return Recipe(source, Path(data["output_dir"]), tuple(stages), overrides, calibration)
+
+
+def stage_overrides(recipe: Recipe, index: int, init: Path | None) -> list[str]:
+    """The overrides stage ``index`` trains with: the recipe's, the stage's, then where it starts and writes."""
+    stage = recipe.stages[index]
+    overrides = [*recipe.overrides, *stage.overrides, f'run.output_dir="{recipe.stage_dir(stage)}"']
+    if init is not None:
+        overrides.append(f'model.init_checkpoint="{init}"')
+    return overrides
+
+
+def final_checkpoint(stage_dir: Path, steps: int) -> Path | None:
+    """The stage's checkpoint at its last step, if it got there."""
+    folder = stage_dir / "checkpoints" / f"step-{steps:07d}"
+    return folder if (folder / CONFIG_NAME).is_file() else None
+
+
+@dataclass
+class Record:
+    """OUTPUT/recipe.json: per stage, its last checkpoint and the wall time summed over every resume."""
+
+    path: Path
+    data: dict = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, output_dir: Path) -> "Record":
+        path = output_dir / RECORD_NAME
+        return cls(path, json.loads(path.read_text()) if path.is_file() else {"stages": {}})
+
+    def add(self, name: str, seconds: float, **facts) -> None:
+        entry = self.data["stages"].setdefault(name, {"seconds": 0.0})
+        entry["seconds"] = round(entry["seconds"] + seconds, 1)
+        entry.update(facts)
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps(self.data, indent=2) + "\n")
+
+
+def plan(recipe: Recipe) -> list[str]:
+    """The shell commands the recipe amounts to, one per stage (and the calibration), for reading or torchrun."""
+    lines, init = [], None
+    for k, stage in enumerate(recipe.stages):
+        cfg = load_config(stage.config, stage_overrides(recipe, k, init))
+        args = ["python", "-m", "training.train", "--config", str(stage.config), *stage_overrides(recipe, k, init)]
+        lines.append(shlex.join(args))
+        init = recipe.stage_dir(stage) / "checkpoints" / f"step-{cfg.optim.steps:07d}"
+    if recipe.calibration is not None:
+        lines.append(shlex.join(["python", "-m", "toyworld.colour_calibration", "--checkpoint", str(init),
+                                 "--out", str(recipe.calibrated_dir), *recipe.calibration]))
+    return lines
+
+
+def run(recipe: Recipe, until: str | None = None) -> Path:
+    """Run (or resume) every stage up to and including ``until``; returns the last checkpoint made."""
+    from .trainer import Trainer
+
+    names = [s.name for s in recipe.stages]
+    if until is not None and until not in names + [CALIBRATED_NAME]:
+        raise RecipeError(f"--until {until!r} is not a stage of {recipe.source}; its stages are {names}"
+                          + (f" and {CALIBRATED_NAME!r}" if recipe.calibration is not None else ""))
+    record, init = Record.open(recipe.output_dir), None
+    for k, stage in enumerate(recipe.stages):
+        cfg = load_config(stage.config, stage_overrides(recipe, k, init))
+        done = final_checkpoint(recipe.stage_dir(stage), cfg.optim.steps)
+        if done is None:
+            log.info("stage %s: training to step %d in %s", stage.name, cfg.optim.steps, recipe.stage_dir(stage))
+            start = time.monotonic()
+            try:
+                Trainer(cfg).train()
+            finally:  # a stage stopped by Ctrl-C or an error still counts the time it ran (not a SIGKILL's)
+                done = final_checkpoint(recipe.stage_dir(stage), cfg.optim.steps)
+                record.add(stage.name, time.monotonic() - start, final=str(done) if done else None,
+                           steps=cfg.optim.steps)
+            if done is None:  # cannot happen unless the trainer changes how it names its last checkpoint
+                raise RuntimeError(f"stage {stage.name} ended without a checkpoint at step {cfg.optim.steps}")
+        else:
+            log.info("stage %s: finished (%s), skipped", stage.name, done)
+        init = done
+        if stage.name == until:
+            return done
+    if recipe.calibration is None:
+        return init
+    out = recipe.calibrated_dir
+    if not (out / CONFIG_NAME).is_file():
+        from toyworld import colour_calibration
+
+        start = time.monotonic()
+        colour_calibration.main(["--checkpoint", str(init), "--out", str(out), *recipe.calibration])
+        record.add(CALIBRATED_NAME, time.monotonic() - start, final=str(out), source=str(init))
+    else:
+        log.info("calibration: finished (%s), skipped", out)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe", help="a recipe TOML file (see training/recipes/)")
+    parser.add_argument("--until", help="stop after this stage (its name, or 'calibrated')")
+    parser.add_argument("--plan", action="store_true", help="print the stages' commands and exit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from .trainer import TrainingStopped
+
+    try:
+        recipe = load_recipe(args.recipe)
+        if args.plan:
+            print("\n".join(plan(recipe)))
+            return 0
+        final = run(recipe, args.until)
+    except RecipeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingStopped as exc:
+        log.error("%s", exc)
+        return 3
+    print(f"recipe done: {final} (wall times in {recipe.output_dir / RECORD_NAME})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,5 @@
 """training.recipe: stages chained checkpoint to checkpoint, finished stages skipped on a re-run, wall times
-recorded, the calibration run last, and recipes that cannot run refused by name."""
+recorded, the finishing step (the colour calibration) run last, and recipes that cannot run refused by name."""
 
 import json
 from pathlib import Path
@@ -22,11 +22,13 @@ def _toml_list(items) -> str:
 
 
 def _write(tmp_path: Path, stages: list[tuple[str, list[str]]], calibration: list[str] | None = None) -> Path:
+    """A recipe of smoke stages; ``calibration``: a [finish] table running the colour calibration with these flags."""
     lines = [f'output_dir = "{tmp_path / "out"}"', f"overrides = {_toml_list(COMMON)}"]
     for name, overrides in stages:
         lines += ["[[stage]]", f'name = "{name}"', f'config = "{SMOKE}"', f"overrides = {_toml_list(overrides)}"]
     if calibration is not None:
-        lines += ["[calibration]", f"args = {_toml_list(calibration)}"]
+        lines += ["[finish]", 'module = "toyworld.colour_calibration"', 'name = "calibrated"',
+                  f"args = {_toml_list(calibration)}"]
     path = tmp_path / "recipe.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -100,7 +102,11 @@ def test_plan_prints_one_command_per_stage_chained_by_checkpoint(tmp_path):
     ('output_dir = "x"\n[[stage]]\nname = "a"\nconfig = "training/configs/smoke.toml"\nsteps = 3\n',
      "unknown keys ['steps']"),
     ('output_dir = "x"\n[[stage]]\nname = "a"\nconfig = "training/configs/smoke.toml"\n'
-     '[calibration]\nargs = ["--out", "y"]\n', "--checkpoint or --out"),
+     '[finish]\nmodule = "m"\nargs = ["--out", "y"]\n', "--checkpoint or --out"),
+    ('output_dir = "x"\n[[stage]]\nname = "a"\nconfig = "training/configs/smoke.toml"\n'
+     '[finish]\nargs = []\n', "needs module"),
+    ('output_dir = "x"\n[[stage]]\nname = "a"\nconfig = "training/configs/smoke.toml"\n'
+     '[finish]\nmodule = "m"\nname = "a"\n', "no stage uses"),
     ('output_dir = "x"\noverrides = "optim.steps=3"\n', "list of strings"),
     ('output_dir = \n', "not valid TOML"),
 ])
@@ -117,4 +123,4 @@ def test_the_projects_recipes_load(monkeypatch):
     monkeypatch.chdir(ROOT)
     for path in sorted((ROOT / "training" / "recipes").glob("*.toml")):
         recipe = load_recipe(path)
-        assert len(plan(recipe)) == len(recipe.stages) + (recipe.calibration is not None)
+        assert len(plan(recipe)) == len(recipe.stages) + (recipe.finish is not None)

@@ -1,13 +1,13 @@
 """Train a checkpoint in stages with one command: each stage an ordinary training run (a config from
-training/configs plus overrides) started from the previous stage's last checkpoint, then, if the recipe asks, the
-colour calibration of the last stage (toyworld.colour_calibration).
+training/configs plus overrides) started from the previous stage's last checkpoint, then, if the recipe asks, one finishing
+step on the last stage's checkpoint (for the toy world's default, toyworld.colour_calibration).
 
     python -m training.recipe training/recipes/toyworld_default_bilinear.toml [--until STAGE] [--plan]
 
-Why: the toy world's default takes five stages and a calibration. By hand, each stage's ``model.init_checkpoint``
+Why: the toy world's default takes five stages (and its bilinear retraining a calibration after them). By hand, each stage's ``model.init_checkpoint``
 must be pointed at the previous stage's last step, and a session that is killed loses track of which stage was
 running. Re-running the same command skips finished stages, resumes the stage in progress (training.train's own
-resume from its newest readable checkpoint) and adds each stage's wall time to OUTPUT/recipe.json, which is what a
+resume from its newest readable checkpoint), skips a finish already written, and adds each stage's wall time to OUTPUT/recipe.json, which is what a
 published checkpoint's README quotes. One process only: for torchrun, run the stages one by one with
 ``python -m training.train`` (``--plan`` prints their commands).
 
@@ -21,13 +21,18 @@ A recipe is a TOML file::
     config = "training/configs/toyworld_supervised.toml"
     overrides = ["optim.steps=15000"]                   # this stage's own (optional)
 
-    [calibration]                                       # optional: output_dir/calibrated
-    args = ["--seeds", "3"]                             # more toyworld.colour_calibration flags (optional)
+    [finish]                                            # optional: one step after the last stage
+    module = "toyworld.colour_calibration"              # its main(argv) takes --checkpoint and --out
+    name = "calibrated"                                 # writes output_dir/calibrated (default: "finished")
+    args = ["--seeds", "3"]                             # more of its flags (optional)
+
+The finishing module is named, not imported here: training sits below the toy world and must not import it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import re
@@ -44,7 +49,6 @@ from instant3d.io.files import atomic_path
 from .config import load_config
 
 RECORD_NAME = "recipe.json"
-CALIBRATED_NAME = "calibrated"
 STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 log = logging.getLogger("instant3d.recipe")
 
@@ -61,19 +65,26 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class Finish:
+    module: str
+    name: str = "finished"
+    args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Recipe:
     source: Path
     output_dir: Path
     stages: tuple[Stage, ...]
     overrides: tuple[str, ...] = ()
-    calibration: tuple[str, ...] | None = None  # None: no calibration; else its extra flags
+    finish: Finish | None = None
 
     def stage_dir(self, stage: Stage) -> Path:
         return self.output_dir / stage.name
 
     @property
-    def calibrated_dir(self) -> Path:
-        return self.output_dir / CALIBRATED_NAME
+    def finish_dir(self) -> Path:
+        return self.output_dir / self.finish.name
 
 
 def _strings(value, where: str, source: Path) -> tuple[str, ...]:
@@ -91,10 +102,10 @@ def load_recipe(path) -> Recipe:
         data = tomllib.loads(source.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"{source} is not valid TOML: {exc}") from exc
-    unknown = set(data) - {"output_dir", "overrides", "stage", "calibration"}
+    unknown = set(data) - {"output_dir", "overrides", "stage", "finish"}
     if unknown:
         raise RecipeError(f"{source}: unknown keys {sorted(unknown)}; a recipe has output_dir, overrides, [[stage]] "
-                          "and [calibration]")
+                          "and [finish]")
     if not isinstance(data.get("output_dir"), str) or not data["output_dir"]:
         raise RecipeError(f'{source}: output_dir must be a folder name, e.g. output_dir = "runs/my-recipe"')
     overrides = _strings(data.get("overrides", []), "overrides", source)
@@ -107,8 +118,8 @@ def load_recipe(path) -> Recipe:
         name = entry.get("name", "")
         if not isinstance(name, str) or not STAGE_NAME.match(name):
             raise RecipeError(f"{source}: {where} needs a name of letters, digits, '-', '_' or '.', got {name!r}")
-        if name == CALIBRATED_NAME or name in names:
-            raise RecipeError(f"{source}: stage name {name!r} is used twice or is reserved; give each stage its own")
+        if name in names:
+            raise RecipeError(f"{source}: stage name {name!r} is used twice; give each stage its own")
         names.add(name)
         config = Path(entry.get("config", ""))
         if not config.is_file():
@@ -116,14 +127,20 @@ def load_recipe(path) -> Recipe:
         stages.append(Stage(name, config, _strings(entry.get("overrides", []), f"{name}'s overrides", source)))
     if not stages:
         raise RecipeError(f"{source}: no [[stage]] tables; a recipe needs at least one stage")
-    calibration = data.get("calibration")
-    if calibration is not None:
-        if set(calibration) - {"args"}:
-            raise RecipeError(f"{source}: [calibration] takes only args, got {sorted(calibration)}")
-        calibration = _strings(calibration.get("args", []), "calibration.args", source)
-        if {"--checkpoint", "--out"} & set(calibration):
-            raise RecipeError(f"{source}: calibration.args may not set --checkpoint or --out; the recipe sets them")
-    return Recipe(source, Path(data["output_dir"]), tuple(stages), overrides, calibration)
+    finish = data.get("finish")
+    if finish is not None:
+        if set(finish) - {"module", "name", "args"}:
+            raise RecipeError(f"{source}: [finish] takes module, name and args, got {sorted(finish)}")
+        module, name = finish.get("module"), finish.get("name", "finished")
+        if not isinstance(module, str) or not module:
+            raise RecipeError(f'{source}: [finish] needs module, e.g. module = "toyworld.colour_calibration"')
+        if not isinstance(name, str) or not STAGE_NAME.match(name) or name in names:
+            raise RecipeError(f"{source}: [finish] name {name!r} must be a folder name no stage uses")
+        args = _strings(finish.get("args", []), "finish.args", source)
+        if {"--checkpoint", "--out"} & set(args):
+            raise RecipeError(f"{source}: finish.args may not set --checkpoint or --out; the recipe sets them")
+        finish = Finish(module, name, args)
+    return Recipe(source, Path(data["output_dir"]), tuple(stages), overrides, finish)
 
 
 def stage_overrides(recipe: Recipe, index: int, init: Path | None) -> list[str]:
@@ -162,16 +179,16 @@ class Record:
 
 
 def plan(recipe: Recipe) -> list[str]:
-    """The shell commands the recipe amounts to, one per stage (and the calibration), for reading or torchrun."""
+    """The shell commands the recipe amounts to, one per stage (and the finish), for reading or torchrun."""
     lines, init = [], None
     for k, stage in enumerate(recipe.stages):
         cfg = load_config(stage.config, stage_overrides(recipe, k, init))
         args = ["python", "-m", "training.train", "--config", str(stage.config), *stage_overrides(recipe, k, init)]
         lines.append(shlex.join(args))
         init = recipe.stage_dir(stage) / "checkpoints" / f"step-{cfg.optim.steps:07d}"
-    if recipe.calibration is not None:
-        lines.append(shlex.join(["python", "-m", "toyworld.colour_calibration", "--checkpoint", str(init),
-                                 "--out", str(recipe.calibrated_dir), *recipe.calibration]))
+    if recipe.finish is not None:
+        lines.append(shlex.join(["python", "-m", recipe.finish.module, "--checkpoint", str(init),
+                                 "--out", str(recipe.finish_dir), *recipe.finish.args]))
     return lines
 
 
@@ -180,9 +197,8 @@ def run(recipe: Recipe, until: str | None = None) -> Path:
     from .trainer import Trainer
 
     names = [s.name for s in recipe.stages]
-    if until is not None and until not in names + [CALIBRATED_NAME]:
-        raise RecipeError(f"--until {until!r} is not a stage of {recipe.source}; its stages are {names}"
-                          + (f" and {CALIBRATED_NAME!r}" if recipe.calibration is not None else ""))
+    if until is not None and until not in names:
+        raise RecipeError(f"--until {until!r} is not a stage of {recipe.source}; its stages are {names}")
     record, init = Record.open(recipe.output_dir), None
     for k, stage in enumerate(recipe.stages):
         cfg = load_config(stage.config, stage_overrides(recipe, k, init))
@@ -203,24 +219,29 @@ def run(recipe: Recipe, until: str | None = None) -> Path:
         init = done
         if stage.name == until:
             return done
-    if recipe.calibration is None:
+    if recipe.finish is None:
         return init
-    out = recipe.calibrated_dir
-    if not (out / CONFIG_NAME).is_file():
-        from toyworld import colour_calibration
-
-        start = time.monotonic()
-        colour_calibration.main(["--checkpoint", str(init), "--out", str(out), *recipe.calibration])
-        record.add(CALIBRATED_NAME, time.monotonic() - start, final=str(out), source=str(init))
-    else:
-        log.info("calibration: finished (%s), skipped", out)
+    out = recipe.finish_dir
+    if (out / CONFIG_NAME).is_file():
+        log.info("%s: finished (%s), skipped", recipe.finish.name, out)
+        return out
+    try:
+        entry = importlib.import_module(recipe.finish.module).main
+    except (ImportError, AttributeError) as exc:
+        raise RecipeError(f"{recipe.source}: [finish] module {recipe.finish.module!r} has no main(argv) to run "
+                          f"({exc})") from exc
+    start = time.monotonic()
+    code = entry(["--checkpoint", str(init), "--out", str(out), *recipe.finish.args])
+    if code or not (out / CONFIG_NAME).is_file():
+        raise RuntimeError(f"{recipe.finish.module} exited with {code} and wrote no checkpoint to {out}")
+    record.add(recipe.finish.name, time.monotonic() - start, final=str(out), source=str(init))
     return out
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe", help="a recipe TOML file (see training/recipes/)")
-    parser.add_argument("--until", help="stop after this stage (its name, or 'calibrated')")
+    parser.add_argument("--until", help="stop after this stage (its name)")
     parser.add_argument("--plan", action="store_true", help="print the stages' commands and exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -1,15 +1,15 @@
 """Train a checkpoint in stages with one command: each stage an ordinary training run (a config from
-training/configs plus overrides) started from the previous stage's last checkpoint, then, if the recipe asks, one finishing
-step on the last stage's checkpoint (for the toy world's default, toyworld.colour_calibration).
+training/configs plus overrides) started from the previous stage's last checkpoint, then, if the recipe asks, one
+finishing step on the last stage's checkpoint (for the toy world's bilinear default, toyworld.colour_calibration).
 
     python -m training.recipe training/recipes/toyworld_default_bilinear.toml [--until STAGE] [--plan]
 
-Why: the toy world's default takes five stages (and its bilinear retraining a calibration after them). By hand, each stage's ``model.init_checkpoint``
-must be pointed at the previous stage's last step, and a session that is killed loses track of which stage was
-running. Re-running the same command skips finished stages, resumes the stage in progress (training.train's own
-resume from its newest readable checkpoint), skips a finish already written, and adds each stage's wall time to OUTPUT/recipe.json, which is what a
-published checkpoint's README quotes. One process only: for torchrun, run the stages one by one with
-``python -m training.train`` (``--plan`` prints their commands).
+Why: the toy world's default takes five stages (its bilinear retraining a calibration after them). By hand, each
+stage's ``model.init_checkpoint`` must be pointed at the previous stage's last step, and a session that is killed
+loses track of which stage was running. Re-running the same command skips finished stages and a finish already
+written, resumes the stage in progress (training.train's own resume from its newest readable checkpoint), and adds
+each stage's wall time to OUTPUT/recipe.json, which is what a published checkpoint's README quotes. One process
+only: for torchrun, run the stages one by one with ``python -m training.train`` (``--plan`` prints their commands).
 
 A recipe is a TOML file::
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from training.recipe import RecipeError, load_recipe, main, plan, run
 
@@ -73,13 +73,64 @@ def test_until_stops_after_the_named_stage_and_the_calibration_runs_last(tmp_pat
                   calibration=["--limit", "2", "--seeds", "1", "--points", "20", "--steps", "3"])
     assert main([str(path), "--until", "a"]) == 0
     out = tmp_path / "out"
-    assert (out / "a" / "checkpoints" / "step-0000002").is_dir() and not (out / "b").exists()
+    assert (out / "a" / "checkpoints" / "step-0000002").is_dir()
+    assert not (out / "b").exists() and not (out / "calibrated").exists()
     assert main([str(path)]) == 0
     calibrated = json.loads((out / "calibrated" / "config.json").read_text())["colour_calibration"]
     assert calibrated["from"] == "step-0000001" and calibrated["prompts"] == 2
-    assert json.loads((out / "recipe.json").read_text())["stages"]["calibrated"]["source"].endswith(
-        "b/checkpoints/step-0000001")
+    record = json.loads((out / "recipe.json").read_text())
+    assert record["stages"]["calibrated"]["source"].endswith("b/checkpoints/step-0000001")
+    stamp = (out / "calibrated" / "model.safetensors").stat().st_mtime_ns
+    assert main([str(path)]) == 0  # everything done: nothing is trained or calibrated again
+    assert (out / "calibrated" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert json.loads((out / "recipe.json").read_text()) == record
     assert main([str(path), "--until", "nope"]) == 2
+
+
+def test_a_half_finished_stage_resumes_and_adds_its_time(tmp_path, monkeypatch):
+    """The run is cut off in stage b after its step-2 checkpoint (as a session ends): a re-run keeps stage a,
+    resumes b at step 2, and b's recorded time grows. A relative output_dir is taken from the working folder."""
+    import training.trainer as trainer
+
+    monkeypatch.chdir(tmp_path)
+    path = _write(tmp_path, [("a", ["optim.steps=2"]), ("b", ["optim.steps=4"])])
+    path.write_text(path.read_text().replace(f'output_dir = "{tmp_path / "out"}"', 'output_dir = "out"'))
+    recipe = load_recipe(path)
+    save = trainer.Trainer.save
+
+    def save_then_stop(self):
+        folder = save(self)
+        if self.step == 2 and self.out.name == "b":
+            raise KeyboardInterrupt("cut off")
+        return folder
+
+    monkeypatch.setattr(trainer.Trainer, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run(recipe)
+    out = tmp_path / "out"
+    first = json.loads((out / "recipe.json").read_text())["stages"]
+    assert first["b"]["final"] is None and first["b"]["seconds"] > 0
+    a_stamp = (out / "a" / "checkpoints" / "step-0000002" / "model.safetensors").stat().st_mtime_ns
+    monkeypatch.setattr(trainer.Trainer, "save", save)
+    assert run(recipe) == Path("out") / "b" / "checkpoints" / "step-0000004"
+    assert (out / "a" / "checkpoints" / "step-0000002" / "model.safetensors").stat().st_mtime_ns == a_stamp
+    state = json.loads((out / "b" / "checkpoints" / "step-0000003" / "trainer_state.json").read_text())
+    assert state["step"] == 3
+    second = json.loads((out / "recipe.json").read_text())["stages"]
+    assert second["a"] == first["a"] and second["b"]["seconds"] > first["b"]["seconds"]
+    assert second["b"]["final"] == str(Path("out") / "b" / "checkpoints" / "step-0000004")
+
+
+def test_a_finished_stage_whose_start_was_retrained_is_not_skipped_silently(tmp_path):
+    recipe = load_recipe(_write(tmp_path, [("a", ["optim.steps=1"]), ("b", ["optim.steps=1"])]))
+    run(recipe)
+    weights = tmp_path / "out" / "a" / "checkpoints" / "step-0000001" / "model.safetensors"
+    tensors = load_file(weights)
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 1.0
+    save_file(tensors, weights)
+    with pytest.raises(RecipeError, match="delete .*out/b"):
+        run(recipe)
 
 
 def test_plan_prints_one_command_per_stage_chained_by_checkpoint(tmp_path):
@@ -109,6 +160,11 @@ def test_plan_prints_one_command_per_stage_chained_by_checkpoint(tmp_path):
      '[finish]\nmodule = "m"\nname = "a"\n', "no stage uses"),
     ('output_dir = "x"\noverrides = "optim.steps=3"\n', "list of strings"),
     ('output_dir = \n', "not valid TOML"),
+    ('output_dir = "x"\noverrides = [\'run.output_dir="y"\']\n[[stage]]\nname = "a"\n'
+     'config = "training/configs/smoke.toml"\n', "sets run.output_dir"),
+    ('output_dir = "x"\n[[stage]]\nname = "a"\nconfig = "training/configs/smoke.toml"\n[[stage]]\nname = "b"\n'
+     'config = "training/configs/smoke.toml"\noverrides = [\'model.init_checkpoint="y"\']\n',
+     "only the first stage"),
 ])
 def test_recipes_that_cannot_run_are_refused_by_name(tmp_path, monkeypatch, text, says):
     monkeypatch.chdir(ROOT)
@@ -124,3 +180,10 @@ def test_the_projects_recipes_load(monkeypatch):
     for path in sorted((ROOT / "training" / "recipes").glob("*.toml")):
         recipe = load_recipe(path)
         assert len(plan(recipe)) == len(recipe.stages) + (recipe.finish is not None)
+
+
+def test_a_typo_in_a_later_stage_fails_before_the_first_one_trains(tmp_path):
+    recipe = load_recipe(_write(tmp_path, [("a", ["optim.steps=1"]), ("b", ["optim.stepz=1"])]))
+    with pytest.raises(RecipeError, match="stage b"):
+        run(recipe)
+    assert not (tmp_path / "out" / "a").exists()

@@ -32,18 +32,21 @@ The finishing module is named, not imported here: training sits below the toy wo
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
+import importlib.util
 import json
 import logging
 import re
 import shlex
+import signal
 import sys
 import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from instant3d.io.checkpoint import CONFIG_NAME
+from instant3d.io.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from instant3d.io.files import atomic_path
 
 from .config import load_config
@@ -109,6 +112,7 @@ def load_recipe(path) -> Recipe:
     if not isinstance(data.get("output_dir"), str) or not data["output_dir"]:
         raise RecipeError(f'{source}: output_dir must be a folder name, e.g. output_dir = "runs/my-recipe"')
     overrides = _strings(data.get("overrides", []), "overrides", source)
+    _check_overrides(source, "overrides", overrides, first_stage=False)
     stages, names = [], set()
     for k, entry in enumerate(data.get("stage", [])):
         where = f"stage {k + 1}"
@@ -124,7 +128,9 @@ def load_recipe(path) -> Recipe:
         config = Path(entry.get("config", ""))
         if not config.is_file():
             raise RecipeError(f"{source}: {where} ({name}) names config {str(config)!r}, which does not exist")
-        stages.append(Stage(name, config, _strings(entry.get("overrides", []), f"{name}'s overrides", source)))
+        own = _strings(entry.get("overrides", []), f"{name}'s overrides", source)
+        _check_overrides(source, f"stage {name}", own, first_stage=not stages)
+        stages.append(Stage(name, config, own))
     if not stages:
         raise RecipeError(f"{source}: no [[stage]] tables; a recipe needs at least one stage")
     finish = data.get("finish")
@@ -143,24 +149,46 @@ def load_recipe(path) -> Recipe:
     return Recipe(source, Path(data["output_dir"]), tuple(stages), overrides, finish)
 
 
+FORBIDDEN = {"run.output_dir": "the recipe sets it (output_dir/NAME)",
+             "model.init_checkpoint": "the recipe sets it (the previous stage's last checkpoint)"}
+
+
+def _check_overrides(source: Path, where: str, overrides: tuple[str, ...], first_stage: bool) -> None:
+    """The recipe owns where each stage writes and starts; only the first stage may name its own start."""
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key in FORBIDDEN and not (first_stage and key == "model.init_checkpoint"):
+            raise RecipeError(f"{source}: {where} sets {key}, which {FORBIDDEN[key]}"
+                              + ("; only the first stage may set model.init_checkpoint" if "init" in key else ""))
+
+
 def stage_overrides(recipe: Recipe, index: int, init: Path | None) -> list[str]:
     """The overrides stage ``index`` trains with: the recipe's, the stage's, then where it starts and writes."""
     stage = recipe.stages[index]
-    overrides = [*recipe.overrides, *stage.overrides, f'run.output_dir="{recipe.stage_dir(stage)}"']
+    overrides = [*recipe.overrides, *stage.overrides,
+                 f"run.output_dir={json.dumps(recipe.stage_dir(stage).as_posix())}"]
     if init is not None:
-        overrides.append(f'model.init_checkpoint="{init}"')
+        overrides.append(f"model.init_checkpoint={json.dumps(init.as_posix())}")
     return overrides
 
 
 def final_checkpoint(stage_dir: Path, steps: int) -> Path | None:
-    """The stage's checkpoint at its last step, if it got there."""
+    """The stage's checkpoint at its last step, if it got there (checkpoints are written atomically)."""
     folder = stage_dir / "checkpoints" / f"step-{steps:07d}"
     return folder if (folder / CONFIG_NAME).is_file() else None
 
 
+def weights_digest(folder: Path | None) -> str | None:
+    """What a stage started from, to notice a finished stage whose start was retrained since."""
+    if folder is None:
+        return None
+    return hashlib.sha256((folder / WEIGHTS_NAME).read_bytes()).hexdigest()[:16]
+
+
 @dataclass
 class Record:
-    """OUTPUT/recipe.json: per stage, its last checkpoint and the wall time summed over every resume."""
+    """OUTPUT/recipe.json: per stage, its last checkpoint, the digest of the weights it started from, and the wall
+    time summed over every run of it."""
 
     path: Path
     data: dict = field(default_factory=dict)
@@ -177,12 +205,34 @@ class Record:
         with atomic_path(self.path) as tmp:
             tmp.write_text(json.dumps(self.data, indent=2) + "\n")
 
+    def check_start(self, recipe: Recipe, name: str, start: str | None) -> None:
+        """Refuse to skip a finished stage (or finish) that started from other weights than the ones there now."""
+        recorded = self.data["stages"].get(name, {}).get("started_from")
+        if recorded is not None and start is not None and recorded != start:
+            raise RecipeError(f"{recipe.source}: {name} in {recipe.output_dir} was made from other weights than "
+                              f"the previous stage's checkpoint now there (it was retrained since); delete "
+                              f"{recipe.output_dir / name} to make it again from the new one")
+
+
+def stage_configs(recipe: Recipe) -> list:
+    """Every stage's training config, loaded before anything runs, so a typo in stage 5 costs no hours."""
+    configs, init = [], None
+    for k, stage in enumerate(recipe.stages):
+        try:
+            cfg = load_config(stage.config, stage_overrides(recipe, k, init))
+        except (ValueError, OSError) as exc:
+            raise RecipeError(f"{recipe.source}: stage {stage.name} ({stage.config}): {exc}") from exc
+        configs.append(cfg)
+        init = recipe.stage_dir(stage) / "checkpoints" / f"step-{cfg.optim.steps:07d}"
+    if recipe.finish is not None and importlib.util.find_spec(recipe.finish.module) is None:
+        raise RecipeError(f"{recipe.source}: [finish] module {recipe.finish.module!r} does not exist")
+    return configs
+
 
 def plan(recipe: Recipe) -> list[str]:
     """The shell commands the recipe amounts to, one per stage (and the finish), for reading or torchrun."""
     lines, init = [], None
-    for k, stage in enumerate(recipe.stages):
-        cfg = load_config(stage.config, stage_overrides(recipe, k, init))
+    for k, (stage, cfg) in enumerate(zip(recipe.stages, stage_configs(recipe))):
         args = ["python", "-m", "training.train", "--config", str(stage.config), *stage_overrides(recipe, k, init)]
         lines.append(shlex.join(args))
         init = recipe.stage_dir(stage) / "checkpoints" / f"step-{cfg.optim.steps:07d}"
@@ -192,50 +242,66 @@ def plan(recipe: Recipe) -> list[str]:
     return lines
 
 
-def run(recipe: Recipe, until: str | None = None) -> Path:
-    """Run (or resume) every stage up to and including ``until``; returns the last checkpoint made."""
+def _train_stage(recipe: Recipe, record: Record, stage: Stage, cfg, init: Path | None) -> Path:
     from .trainer import Trainer
 
+    log.info("stage %s: training to step %d in %s", stage.name, cfg.optim.steps, recipe.stage_dir(stage))
+    start, started_from = time.monotonic(), weights_digest(init)
+    done = None
+    try:
+        Trainer(cfg).train()
+    finally:  # a stage stopped by Ctrl-C, SIGTERM or an error still counts the time it ran (not a SIGKILL's)
+        done = final_checkpoint(recipe.stage_dir(stage), cfg.optim.steps)
+        record.add(stage.name, time.monotonic() - start, final=str(done) if done else None, steps=cfg.optim.steps,
+                   started_from=started_from)
+    if done is None:  # cannot happen unless the trainer changes how it names its last checkpoint
+        raise RuntimeError(f"stage {stage.name} ended without a checkpoint at step {cfg.optim.steps}")
+    return done
+
+
+def _finish(recipe: Recipe, record: Record, last: Path) -> Path:
+    out, finish = recipe.finish_dir, recipe.finish
+    record.check_start(recipe, finish.name, weights_digest(last))
+    if (out / CONFIG_NAME).is_file():
+        log.info("%s: finished (%s), skipped", finish.name, out)
+        return out
+    entry = getattr(importlib.import_module(finish.module), "main", None)
+    if not callable(entry):
+        raise RecipeError(f"{recipe.source}: [finish] module {finish.module!r} has no main(argv) to run")
+    start = time.monotonic()
+    code = entry(["--checkpoint", str(last), "--out", str(out), *finish.args])
+    if code:
+        raise RuntimeError(f"{finish.module} exited with {code}; see its message above")
+    if not (out / CONFIG_NAME).is_file():
+        raise RuntimeError(f"{finish.module} exited normally but wrote no checkpoint to {out}")
+    record.add(finish.name, time.monotonic() - start, final=str(out), source=str(last),
+               started_from=weights_digest(last))
+    return out
+
+
+def run(recipe: Recipe, until: str | None = None) -> Path:
+    """Run (or resume) every stage up to and including ``until``, then the finish; returns the last checkpoint."""
     names = [s.name for s in recipe.stages]
     if until is not None and until not in names:
         raise RecipeError(f"--until {until!r} is not a stage of {recipe.source}; its stages are {names}")
+    configs = stage_configs(recipe)
     record, init = Record.open(recipe.output_dir), None
-    for k, stage in enumerate(recipe.stages):
-        cfg = load_config(stage.config, stage_overrides(recipe, k, init))
+    for stage, cfg in zip(recipe.stages, configs):
         done = final_checkpoint(recipe.stage_dir(stage), cfg.optim.steps)
         if done is None:
-            log.info("stage %s: training to step %d in %s", stage.name, cfg.optim.steps, recipe.stage_dir(stage))
-            start = time.monotonic()
-            try:
-                Trainer(cfg).train()
-            finally:  # a stage stopped by Ctrl-C or an error still counts the time it ran (not a SIGKILL's)
-                done = final_checkpoint(recipe.stage_dir(stage), cfg.optim.steps)
-                record.add(stage.name, time.monotonic() - start, final=str(done) if done else None,
-                           steps=cfg.optim.steps)
-            if done is None:  # cannot happen unless the trainer changes how it names its last checkpoint
-                raise RuntimeError(f"stage {stage.name} ended without a checkpoint at step {cfg.optim.steps}")
+            done = _train_stage(recipe, record, stage, cfg, init)
         else:
+            record.check_start(recipe, stage.name, weights_digest(init))
             log.info("stage %s: finished (%s), skipped", stage.name, done)
         init = done
         if stage.name == until:
             return done
-    if recipe.finish is None:
-        return init
-    out = recipe.finish_dir
-    if (out / CONFIG_NAME).is_file():
-        log.info("%s: finished (%s), skipped", recipe.finish.name, out)
-        return out
-    try:
-        entry = importlib.import_module(recipe.finish.module).main
-    except (ImportError, AttributeError) as exc:
-        raise RecipeError(f"{recipe.source}: [finish] module {recipe.finish.module!r} has no main(argv) to run "
-                          f"({exc})") from exc
-    start = time.monotonic()
-    code = entry(["--checkpoint", str(init), "--out", str(out), *recipe.finish.args])
-    if code or not (out / CONFIG_NAME).is_file():
-        raise RuntimeError(f"{recipe.finish.module} exited with {code} and wrote no checkpoint to {out}")
-    record.add(recipe.finish.name, time.monotonic() - start, final=str(out), source=str(init))
-    return out
+    return init if recipe.finish is None else _finish(recipe, record, init)
+
+
+def _interrupt(signum, frame):
+    """SIGTERM / SIGHUP (a session cut off) end the run as Ctrl-C does, so the time it ran is recorded."""
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
 
 
 def main(argv=None) -> int:
@@ -252,6 +318,8 @@ def main(argv=None) -> int:
         if args.plan:
             print("\n".join(plan(recipe)))
             return 0
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, _interrupt)
         final = run(recipe, args.until)
     except RecipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -259,7 +327,8 @@ def main(argv=None) -> int:
     except TrainingStopped as exc:
         log.error("%s", exc)
         return 3
-    print(f"recipe done: {final} (wall times in {recipe.output_dir / RECORD_NAME})")
+    said = f"stopped after stage {args.until}" if args.until else "recipe done"
+    print(f"{said}: {final} (wall times in {recipe.output_dir / RECORD_NAME})")
     return 0
 
 

@@ -217,6 +217,13 @@ def test_tiny_recipe_world_to_priors_to_sds_to_evaluation(tmp_path):
     missed = json.loads(confusions.read_text())["held_out"]
     assert missed["r_precision"] == metrics["held_out"]["r_precision"]  # the same views, the same retrievals
     assert all(isinstance(n, int) and n > 0 for n in missed["confusions"].values())
+    # the publishing bars: the same held-out scores, and a two-step SDS model misses them (exit 1)
+    bars = tmp_path / "bars.json"
+    assert report_main(["--checkpoint", str(checkpoint), "--clip", str(clip_dir), "--limit", "2", "--views", "2",
+                        "--size", "32", "--bars", "--output", str(bars)]) == 1
+    scores = json.loads(bars.read_text())
+    assert scores["r_precision"] == metrics["held_out"]["r_precision"] and scores["iou"] == metrics["held_out"]["iou"]
+    assert scores["front_facing_objects"] == 6 and 0 <= scores["janus_rate"] <= 1
 
 
 def test_word_swaps_name_what_a_retrieval_miss_got_wrong():
@@ -278,6 +285,21 @@ def test_the_feature_report_counts_objects_and_front_features():
     report = feature_report(GroundTruthPipeline(), None, seeds=(0, 1), prompts=prompts)
     assert report["objects"] == 4 and report["drawn"]["front feature"] == 1.0
     assert report["drawn"]["beak"] == 1.0 and report["drawn"]["door"] == 1.0
+
+
+def test_the_publishing_bars_are_met_at_the_bar_and_missed_just_past_it_or_when_unmeasured():
+    from toyworld.report import DEFAULT_BARS, check_bars
+
+    at_bar = {key: bar for _, key, _, bar in DEFAULT_BARS}
+    assert all(met for *_, met in check_bars(at_bar))
+    for _, key, direction, bar in DEFAULT_BARS:
+        worse = bar - 0.001 if direction == ">=" else bar + 0.001
+        verdict = {row[0]: row[3] for row in check_bars({**at_bar, key: worse})}
+        assert [label for label, met in verdict.items() if not met] == [
+            label for label, k, *_ in DEFAULT_BARS if k == key]
+    missing = {k: v for k, v in at_bar.items() if k != "janus_rate"}
+    assert [met for *_, met in check_bars(missing)] == [True] * 4 + [False]
+    assert not check_bars({**at_bar, "iou": float("nan")})[0][3]
 
 
 def test_the_colour_table_shows_a_bias():

@@ -4,6 +4,7 @@ scenes go through the same protocol as a ceiling (R-precision is bounded by the 
 also given under the earlier face-on, unlit views (FLAT_VIEWS).
 
     python -m toyworld.report --checkpoint assets/checkpoints/toyworld-sds --clip assets/priors/eval-clip
+    python -m toyworld.report --checkpoint C --clip assets/priors/eval-clip --bars   # may C be the default?
 """
 
 from __future__ import annotations
@@ -81,6 +82,39 @@ def feature_report(pipe, clip: CLIPScorer | None, seeds=(0, 1, 2), prompts: list
             "janus_rate": mean(janus), "objects": len(prompts) * len(seeds)}
 
 
+# What a new default must score before it is published (docs/toyworld.md, "Small features"): no regression on
+# held-out prompts, its small front parts drawn, and no Janus problem. (label, score key, direction, bar)
+DEFAULT_BARS = (
+    ("held-out IoU", "iou", ">=", 0.85),
+    ("held-out colour accuracy", "colour_accuracy", ">=", 0.94),
+    ("held-out R-precision (lit views)", "r_precision", ">=", 0.82),
+    ("front feature drawn (front-facing prompts x 3 seeds)", "front_feature", ">=", 0.70),
+    ("Janus rate (front-facing prompts x 3 seeds)", "janus_rate", "<=", 0.15),
+)
+
+
+def bar_scores(pipe, clip: CLIPScorer, limit: int = 0, views: int = 4, size: int = 64) -> dict:
+    """The five scores DEFAULT_BARS judge: the held-out split at seed 0 (the report's table) and the 30
+    front-facing prompts x seeds 0-2 (``--features``); ``limit``: the first N prompts of each (tests)."""
+    _, held_out = prompt_split()
+    front = [p for p in all_prompts() if scene_for_prompt(p).front_facing]
+    held = toyworld_report(pipe, clip, held_out[:limit] if limit else held_out, all_prompts(), views, size)
+    features = feature_report(pipe, clip, prompts=front[:limit] if limit else front)
+    return {"iou": held["iou"], "colour_accuracy": held["colour_accuracy"], "r_precision": held["r_precision"],
+            "front_feature": features["drawn"]["front feature"], "janus_rate": features["janus_rate"],
+            "held_out_prompts": held["prompts"], "front_facing_objects": features["objects"]}
+
+
+def check_bars(scores: dict, bars=DEFAULT_BARS) -> list[tuple[str, float, str, bool]]:
+    """(label, score, what is needed, met) per bar; a missing or NaN score does not meet its bar."""
+    rows = []
+    for label, key, direction, bar in bars:
+        value = float(scores.get(key, float("nan")))
+        met = value >= bar if direction == ">=" else value <= bar  # NaN compares False either way
+        rows.append((label, value, f"{direction} {bar:.2f}", met))
+    return rows
+
+
 @torch.no_grad()
 def colour_table(pipe, prompts: list[str]) -> dict[str, dict]:
     """Per true colour, over the surfaces of ``prompts`` (seed 0): mean absolute sRGB error and the mean signed
@@ -155,6 +189,16 @@ def report(args) -> int:
     if not args.no_ceiling:  # the exact scenes through the same protocol: what a perfect generator would score
         sources.append(("ground truth (ceiling)", "ground_truth/", GroundTruthPipeline(pipe.config.render)))
     rows, results = [], {}
+    if args.bars:  # may this checkpoint be published as the default? exit 1 if a bar is missed
+        scores = bar_scores(pipe, clip, args.limit, args.views, min(args.size, 128))
+        verdict = check_bars(scores)
+        print_markdown(["bar", "score", "needed", "met"],
+                       [[label, f"{value:.3f}", needed, "yes" if met else "NO"]
+                        for label, value, needed, met in verdict])
+        print(f"\n{scores['held_out_prompts']} held-out prompts, {scores['front_facing_objects']} front-facing objects")
+        if args.output:
+            Path(args.output).write_text(json.dumps(scores, indent=2))
+        return 0 if all(met for *_, met in verdict) else 1
     if args.colours:  # per true colour: error and bias, over the chosen split(s)
         prompts = [p for split in chosen for p in (splits[split][: args.limit] if args.limit else splits[split])]
         table = colour_table(pipe, prompts)
@@ -210,6 +254,10 @@ def main(argv=None) -> int:
     parser.add_argument("--confusions", action="store_true",
                         help="instead: the lit views' top-1 retrieval misses of the checkpoint, by the words swapped "
                              "(e.g. cone->pyramid)")
+    parser.add_argument("--bars", action="store_true",
+                        help="instead: the scores a new default must reach (DEFAULT_BARS: held-out IoU, colour "
+                             "accuracy and R-precision, front features and the Janus rate) and whether each is met; "
+                             "exits 1 if any is missed")
     parser.add_argument("--top", type=int, default=15, help="--confusions: how many kinds to list")
     parser.add_argument("--no-ceiling", action="store_true",
                         help="skip the ground-truth rows (the exact scenes scored the same way)")

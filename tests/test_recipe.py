@@ -121,6 +121,28 @@ def test_a_half_finished_stage_resumes_and_adds_its_time(tmp_path, monkeypatch):
     assert second["b"]["final"] == str(Path("out") / "b" / "checkpoints" / "step-0000004")
 
 
+def test_a_stage_with_a_published_copy_is_not_trained_and_the_next_starts_from_the_copy(tmp_path):
+    """Stage a's result ships as a published folder (here: a copy of a trained one); with it there, a recipe
+    naming it trains nothing for a, and b (learning rate 0) ends exactly at the copy's weights."""
+    import shutil
+
+    (tmp_path / "first").mkdir()
+    source = run(load_recipe(_write(tmp_path / "first", [("a", ["optim.steps=2"])])))
+    published = tmp_path / "shipped" / "stage-a"
+    shutil.copytree(source, published)
+    path = _write(tmp_path, [("a", ["optim.steps=2"]), ("b", ["optim.steps=1", "optim.lr=0.0"])])
+    path.write_text(path.read_text().replace('name = "a"\n', f'name = "a"\npublished = "{published}"\n'))
+    recipe = load_recipe(path)
+    lines = plan(recipe)
+    assert lines[0].startswith("# stage a: its published copy") and lines[1].startswith("# python -m training.train")
+    assert f"model.init_checkpoint={published}" in lines[2].replace('"', "").replace("'", "")
+    final = run(recipe)
+    assert not (tmp_path / "out" / "a").exists()
+    shipped, got = load_file(published / "model.safetensors"), load_file(final / "model.safetensors")
+    for name in shipped:
+        torch.testing.assert_close(got[name], shipped[name], atol=1e-6, rtol=0, msg=lambda m: f"{name}: {m}")
+
+
 def test_a_finished_stage_whose_start_was_retrained_is_not_skipped_silently(tmp_path):
     recipe = load_recipe(_write(tmp_path, [("a", ["optim.steps=1"]), ("b", ["optim.steps=1"])]))
     run(recipe)
@@ -179,7 +201,9 @@ def test_the_projects_recipes_load(monkeypatch):
     monkeypatch.chdir(ROOT)
     for path in sorted((ROOT / "training" / "recipes").glob("*.toml")):
         recipe = load_recipe(path)
-        assert len(plan(recipe)) == len(recipe.stages) + (recipe.finish is not None)
+        commands = [line for line in plan(recipe) if not line.startswith("#")]
+        assert len(commands) == len(recipe.stages) - sum(bool(s.published_result()) for s in recipe.stages) + (
+            recipe.finish is not None)
 
 
 def test_a_typo_in_a_later_stage_fails_before_the_first_one_trains(tmp_path):

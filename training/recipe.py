@@ -20,6 +20,8 @@ A recipe is a TOML file::
     name = "1-albedo"
     config = "training/configs/toyworld_supervised.toml"
     overrides = ["optim.steps=15000"]                   # this stage's own (optional)
+    published = "assets/stages/..."                     # optional: its result as shipped; when that folder is
+                                                        # there, the stage is not trained and the next starts from it
 
     [finish]                                            # optional: one step after the last stage
     module = "toyworld.colour_calibration"              # its main(argv) takes --checkpoint and --out
@@ -65,6 +67,10 @@ class Stage:
     name: str
     config: Path
     overrides: tuple[str, ...] = ()
+    published: Path | None = None  # a shipped copy of this stage's result: when there, the stage is not trained
+
+    def published_result(self) -> Path | None:
+        return self.published if self.published and (self.published / CONFIG_NAME).is_file() else None
 
 
 @dataclass(frozen=True)
@@ -116,9 +122,10 @@ def load_recipe(path) -> Recipe:
     stages, names = [], set()
     for k, entry in enumerate(data.get("stage", [])):
         where = f"stage {k + 1}"
-        extra = set(entry) - {"name", "config", "overrides"}
+        extra = set(entry) - {"name", "config", "overrides", "published"}
         if extra:
-            raise RecipeError(f"{source}: {where} has unknown keys {sorted(extra)} (name, config, overrides)")
+            raise RecipeError(f"{source}: {where} has unknown keys {sorted(extra)} "
+                              "(name, config, overrides, published)")
         name = entry.get("name", "")
         if not isinstance(name, str) or not STAGE_NAME.match(name):
             raise RecipeError(f"{source}: {where} needs a name of letters, digits, '-', '_' or '.', got {name!r}")
@@ -130,7 +137,10 @@ def load_recipe(path) -> Recipe:
             raise RecipeError(f"{source}: {where} ({name}) names config {str(config)!r}, which does not exist")
         own = _strings(entry.get("overrides", []), f"{name}'s overrides", source)
         _check_overrides(source, f"stage {name}", own, first_stage=not stages)
-        stages.append(Stage(name, config, own))
+        published = entry.get("published")
+        if published is not None and (not isinstance(published, str) or not published):
+            raise RecipeError(f"{source}: stage {name}'s published must be a checkpoint folder, got {published!r}")
+        stages.append(Stage(name, config, own, Path(published) if published else None))
     if not stages:
         raise RecipeError(f"{source}: no [[stage]] tables; a recipe needs at least one stage")
     finish = data.get("finish")
@@ -178,6 +188,11 @@ def final_checkpoint(stage_dir: Path, steps: int) -> Path | None:
     return folder if (folder / CONFIG_NAME).is_file() else None
 
 
+def stage_result(recipe: Recipe, stage: Stage, cfg) -> Path:
+    """Where the next stage starts: the stage's published copy if there is one, else its last step."""
+    return stage.published_result() or recipe.stage_dir(stage) / "checkpoints" / f"step-{cfg.optim.steps:07d}"
+
+
 def weights_digest(folder: Path | None) -> str | None:
     """What a stage started from, to notice a finished stage whose start was retrained since."""
     if folder is None:
@@ -223,7 +238,7 @@ def stage_configs(recipe: Recipe) -> list:
         except (ValueError, OSError) as exc:
             raise RecipeError(f"{recipe.source}: stage {stage.name} ({stage.config}): {exc}") from exc
         configs.append(cfg)
-        init = recipe.stage_dir(stage) / "checkpoints" / f"step-{cfg.optim.steps:07d}"
+        init = stage_result(recipe, stage, cfg)
     if recipe.finish is not None and importlib.util.find_spec(recipe.finish.module) is None:
         raise RecipeError(f"{recipe.source}: [finish] module {recipe.finish.module!r} does not exist")
     return configs
@@ -234,8 +249,10 @@ def plan(recipe: Recipe) -> list[str]:
     lines, init = [], None
     for k, (stage, cfg) in enumerate(zip(recipe.stages, stage_configs(recipe))):
         args = ["python", "-m", "training.train", "--config", str(stage.config), *stage_overrides(recipe, k, init)]
-        lines.append(shlex.join(args))
-        init = recipe.stage_dir(stage) / "checkpoints" / f"step-{cfg.optim.steps:07d}"
+        if stage.published_result():  # shown for the record, commented out: the next stage starts from the copy
+            lines.append(f"# stage {stage.name}: its published copy {stage.published} is used; it was made by:")
+        lines.append(("# " if stage.published_result() else "") + shlex.join(args))
+        init = stage_result(recipe, stage, cfg)
     if recipe.finish is not None:
         lines.append(shlex.join(["python", "-m", recipe.finish.module, "--checkpoint", str(init),
                                  "--out", str(recipe.finish_dir), *recipe.finish.args]))
@@ -287,8 +304,10 @@ def run(recipe: Recipe, until: str | None = None) -> Path:
     configs = stage_configs(recipe)
     record, init = Record.open(recipe.output_dir), None
     for stage, cfg in zip(recipe.stages, configs):
-        done = final_checkpoint(recipe.stage_dir(stage), cfg.optim.steps)
-        if done is None:
+        done = stage.published_result() or final_checkpoint(recipe.stage_dir(stage), cfg.optim.steps)
+        if stage.published_result():
+            log.info("stage %s: its published copy %s is used, not trained", stage.name, done)
+        elif done is None:
             done = _train_stage(recipe, record, stage, cfg, init)
         else:
             record.check_start(recipe, stage.name, weights_digest(init))

@@ -224,11 +224,12 @@ def test_tiny_recipe_world_to_priors_to_sds_to_evaluation(tmp_path):
     scores = json.loads(bars.read_text())
     assert scores["r_precision"] == metrics["held_out"]["r_precision"] and scores["iou"] == metrics["held_out"]["iou"]
     assert scores["front_facing_objects"] == 6 and scores["met"] is False
-    from toyworld.report import feature_report
+    from toyworld.report import feature_report, front_facing_prompts
     from instant3d.pipeline import Instant3DPipeline
     from training.clip_model import CLIPScorer
 
-    front = [p for p in all_prompts() if scene_for_prompt(p).front_facing][:2]
+    front = front_facing_prompts()[:2]
+    assert len(front_facing_prompts()) == 30
     features = feature_report(Instant3DPipeline.from_pretrained(checkpoint), CLIPScorer.from_folder(clip_dir),
                               prompts=front)
     assert scores["front_feature"] == features["drawn"]["front feature"]

@@ -56,11 +56,16 @@ def toyworld_report(pipe, clip, prompts: list[str], queries: list[str], views: i
     return metrics
 
 
+def front_facing_prompts() -> list[str]:
+    """The 30 prompts whose objects have a front (snowmen, ducks, houses): what --features and --bars judge."""
+    return [p for p in all_prompts() if scene_for_prompt(p).front_facing]
+
+
 @torch.no_grad()
 def feature_report(pipe, clip: CLIPScorer | None, seeds=(0, 1, 2), prompts: list[str] | None = None) -> dict:
     """Over all 30 front-facing prompts (or ``prompts``) x ``seeds``: the share of objects drawing each small named
     part (``feature_fidelity``), the share drawing their front feature (nose, beak or door), and the Janus rate."""
-    prompts = prompts or [p for p in all_prompts() if scene_for_prompt(p).front_facing]
+    prompts = prompts or front_facing_prompts()
     drawn: dict[str, list[float]] = {name: [] for name in (*FEATURES, "front feature")}
     occupancy: dict[str, list[float]] = {name: [] for name in FEATURES}
     janus = []
@@ -97,7 +102,7 @@ def bar_scores(pipe, clip: CLIPScorer, limit: int = 0, views: int = 4, size: int
     """The five scores DEFAULT_BARS judge: the held-out split at seed 0 (the report's table) and the 30
     front-facing prompts x seeds 0-2 (``--features``); ``limit``: the first N prompts of each (tests)."""
     _, held_out = prompt_split()
-    front = [p for p in all_prompts() if scene_for_prompt(p).front_facing]
+    front = front_facing_prompts()
     held = toyworld_report(pipe, clip, held_out[:limit] if limit else held_out, all_prompts(), views, size)
     features = feature_report(pipe, clip, prompts=front[:limit] if limit else front)
     return {"iou": held["iou"], "colour_accuracy": held["colour_accuracy"], "r_precision": held["r_precision"],

@@ -182,15 +182,15 @@ def stage_overrides(recipe: Recipe, index: int, init: Path | None) -> list[str]:
     return overrides
 
 
+def last_step(stage_dir: Path, steps: int) -> Path:
+    """The folder the trainer writes a stage's checkpoint at its last step to."""
+    return stage_dir / "checkpoints" / f"step-{steps:07d}"
+
+
 def final_checkpoint(stage_dir: Path, steps: int) -> Path | None:
     """The stage's checkpoint at its last step, if it got there (checkpoints are written atomically)."""
-    folder = stage_dir / "checkpoints" / f"step-{steps:07d}"
+    folder = last_step(stage_dir, steps)
     return folder if (folder / CONFIG_NAME).is_file() else None
-
-
-def stage_result(recipe: Recipe, stage: Stage, cfg) -> Path:
-    """Where the next stage starts: the stage's published copy if there is one, else its last step."""
-    return stage.published_result() or recipe.stage_dir(stage) / "checkpoints" / f"step-{cfg.optim.steps:07d}"
 
 
 def weights_digest(folder: Path | None) -> str | None:
@@ -229,37 +229,54 @@ class Record:
                               f"{recipe.output_dir / name} to make it again from the new one")
 
 
-def stage_configs(recipe: Recipe) -> list:
+@dataclass(frozen=True)
+class StagePlan:
+    """One stage as it will run: its config, the checkpoint it starts from (None: a fresh model or the config's
+    own), its overrides, and the checkpoint the next stage starts from (its published copy, else its last step)."""
+
+    stage: Stage
+    cfg: object
+    start: Path | None
+    overrides: list[str]
+    result: Path
+    published: Path | None
+
+
+def stage_plans(recipe: Recipe) -> list[StagePlan]:
     """Every stage's training config, loaded before anything runs, so a typo in stage 5 costs no hours."""
-    configs, init = [], None
+    plans, start = [], None
     for k, stage in enumerate(recipe.stages):
+        overrides = stage_overrides(recipe, k, start)
         try:
-            cfg = load_config(stage.config, stage_overrides(recipe, k, init))
+            cfg = load_config(stage.config, overrides)
         except (ValueError, OSError) as exc:
             raise RecipeError(f"{recipe.source}: stage {stage.name} ({stage.config}): {exc}") from exc
-        configs.append(cfg)
-        init = stage_result(recipe, stage, cfg)
+        published = stage.published_result()
+        result = published or last_step(recipe.stage_dir(stage), cfg.optim.steps)
+        plans.append(StagePlan(stage, cfg, start, overrides, result, published))
+        start = result
     if recipe.finish is not None and importlib.util.find_spec(recipe.finish.module) is None:
         raise RecipeError(f"{recipe.source}: [finish] module {recipe.finish.module!r} does not exist")
-    return configs
+    return plans
 
 
 def plan(recipe: Recipe) -> list[str]:
     """The shell commands the recipe amounts to, one per stage (and the finish), for reading or torchrun."""
-    lines, init = [], None
-    for k, (stage, cfg) in enumerate(zip(recipe.stages, stage_configs(recipe))):
-        args = ["python", "-m", "training.train", "--config", str(stage.config), *stage_overrides(recipe, k, init)]
-        if stage.published_result():  # shown for the record, commented out: the next stage starts from the copy
-            lines.append(f"# stage {stage.name}: its published copy {stage.published} is used; it was made by:")
-        lines.append(("# " if stage.published_result() else "") + shlex.join(args))
-        init = stage_result(recipe, stage, cfg)
+    lines = []
+    for p in stage_plans(recipe):
+        command = shlex.join(["python", "-m", "training.train", "--config", str(p.stage.config), *p.overrides])
+        if p.published:  # shown for the record, commented out: the next stage starts from the copy
+            lines += [f"# stage {p.stage.name}: its published copy {p.published} is used; it was made by:",
+                      f"# {command}"]
+        else:
+            lines.append(command)
     if recipe.finish is not None:
-        lines.append(shlex.join(["python", "-m", recipe.finish.module, "--checkpoint", str(init),
+        lines.append(shlex.join(["python", "-m", recipe.finish.module, "--checkpoint", str(p.result),
                                  "--out", str(recipe.finish_dir), *recipe.finish.args]))
     return lines
 
 
-def _train_stage(recipe: Recipe, record: Record, stage: Stage, cfg, init: Path | None) -> Path:
+def _train_stage(recipe: Recipe, record: Record, stage: Stage, cfg, init: Path | None) -> None:
     from .trainer import Trainer
 
     log.info("stage %s: training to step %d in %s", stage.name, cfg.optim.steps, recipe.stage_dir(stage))
@@ -273,7 +290,6 @@ def _train_stage(recipe: Recipe, record: Record, stage: Stage, cfg, init: Path |
                    started_from=started_from)
     if done is None:  # cannot happen unless the trainer changes how it names its last checkpoint
         raise RuntimeError(f"stage {stage.name} ended without a checkpoint at step {cfg.optim.steps}")
-    return done
 
 
 def _finish(recipe: Recipe, record: Record, last: Path) -> Path:
@@ -301,21 +317,18 @@ def run(recipe: Recipe, until: str | None = None) -> Path:
     names = [s.name for s in recipe.stages]
     if until is not None and until not in names:
         raise RecipeError(f"--until {until!r} is not a stage of {recipe.source}; its stages are {names}")
-    configs = stage_configs(recipe)
-    record, init = Record.open(recipe.output_dir), None
-    for stage, cfg in zip(recipe.stages, configs):
-        done = stage.published_result() or final_checkpoint(recipe.stage_dir(stage), cfg.optim.steps)
-        if stage.published_result():
-            log.info("stage %s: its published copy %s is used, not trained", stage.name, done)
-        elif done is None:
-            done = _train_stage(recipe, record, stage, cfg, init)
+    record = Record.open(recipe.output_dir)
+    for p in stage_plans(recipe):
+        if p.published:
+            log.info("stage %s: its published copy %s is used, not trained", p.stage.name, p.published)
+        elif final_checkpoint(recipe.stage_dir(p.stage), p.cfg.optim.steps) is None:
+            _train_stage(recipe, record, p.stage, p.cfg, p.start)
         else:
-            record.check_start(recipe, stage.name, weights_digest(init))
-            log.info("stage %s: finished (%s), skipped", stage.name, done)
-        init = done
-        if stage.name == until:
-            return done
-    return init if recipe.finish is None else _finish(recipe, record, init)
+            record.check_start(recipe, p.stage.name, weights_digest(p.start))
+            log.info("stage %s: finished (%s), skipped", p.stage.name, p.result)
+        if p.stage.name == until:
+            return p.result
+    return p.result if recipe.finish is None else _finish(recipe, record, p.result)
 
 
 def _interrupt(signum, frame):

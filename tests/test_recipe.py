@@ -143,6 +143,31 @@ def test_a_stage_with_a_published_copy_is_not_trained_and_the_next_starts_from_t
         torch.testing.assert_close(got[name], shipped[name], atol=1e-6, rtol=0, msg=lambda m: f"{name}: {m}")
 
 
+def test_the_stages_before_a_published_one_are_not_trained(tmp_path):
+    """With stage b shipped, nothing starts from stage a any more: a whole run trains c only (from b's copy), and
+    the plan shows a's command commented out. Stopping at a (--until) still trains it: b's copy is not wanted."""
+    import shutil
+
+    (tmp_path / "first").mkdir()
+    source = run(load_recipe(_write(tmp_path / "first", [("b", ["optim.steps=2"])])))
+    published = tmp_path / "shipped" / "stage-b"
+    shutil.copytree(source, published)
+    path = _write(tmp_path, [("a", ["optim.steps=2"]), ("b", ["optim.steps=2"]), ("c", ["optim.steps=1", "optim.lr=0.0"])])
+    path.write_text(path.read_text().replace('name = "b"\n', f'name = "b"\npublished = "{published}"\n'))
+    recipe = load_recipe(path)
+    lines = plan(recipe)
+    assert lines[0].startswith("# stage a: not needed") and lines[1].startswith("# python -m training.train")
+    assert lines[2].startswith("# stage b: its published copy") and not lines[4].startswith("#")
+    final = run(recipe)
+    out = tmp_path / "out"
+    assert not (out / "a").exists() and not (out / "b").exists()
+    shipped, got = load_file(published / "model.safetensors"), load_file(final / "model.safetensors")
+    for name in shipped:
+        torch.testing.assert_close(got[name], shipped[name], atol=1e-6, rtol=0, msg=lambda m: f"{name}: {m}")
+    assert run(recipe, until="a") == out / "a" / "checkpoints" / "step-0000002"
+    assert (out / "a" / "checkpoints" / "step-0000002" / "model.safetensors").is_file()
+
+
 def test_a_finished_stage_whose_start_was_retrained_is_not_skipped_silently(tmp_path):
     recipe = load_recipe(_write(tmp_path, [("a", ["optim.steps=1"]), ("b", ["optim.steps=1"])]))
     run(recipe)
@@ -202,8 +227,8 @@ def test_the_projects_recipes_load(monkeypatch):
     for path in sorted((ROOT / "training" / "recipes").glob("*.toml")):
         recipe = load_recipe(path)
         commands = [line for line in plan(recipe) if not line.startswith("#")]
-        assert len(commands) == len(recipe.stages) - sum(bool(s.published_result()) for s in recipe.stages) + (
-            recipe.finish is not None)
+        shipped = max((k for k, s in enumerate(recipe.stages) if s.published_result()), default=-1)
+        assert len(commands) == len(recipe.stages) - (shipped + 1) + (recipe.finish is not None)
 
 
 def test_a_typo_in_a_later_stage_fails_before_the_first_one_trains(tmp_path):

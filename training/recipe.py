@@ -21,7 +21,8 @@ A recipe is a TOML file::
     config = "training/configs/toyworld_supervised.toml"
     overrides = ["optim.steps=15000"]                   # this stage's own (optional)
     published = "assets/stages/..."                     # optional: its result as shipped; when that folder is
-                                                        # there, the stage is not trained and the next starts from it
+                                                        # there, the stage is not trained and the next starts from
+                                                        # it, and the stages before it are not needed
 
     [finish]                                            # optional: one step after the last stage
     module = "toyworld.colour_calibration"              # its main(argv) takes --checkpoint and --out
@@ -260,13 +261,24 @@ def stage_plans(recipe: Recipe) -> list[StagePlan]:
     return plans
 
 
+def last_published(plans: list[StagePlan]) -> int:
+    """Index of the last stage with a published copy (-1: none). The stages before it need not run: nothing
+    starts from them any more."""
+    return max((k for k, p in enumerate(plans) if p.published), default=-1)
+
+
 def plan(recipe: Recipe) -> list[str]:
     """The shell commands the recipe amounts to, one per stage (and the finish), for reading or torchrun."""
     lines = []
-    for p in stage_plans(recipe):
+    plans = stage_plans(recipe)
+    shipped = last_published(plans)
+    for k, p in enumerate(plans):
         command = shlex.join(["python", "-m", "training.train", "--config", str(p.stage.config), *p.overrides])
         if p.published:  # shown for the record, commented out: the next stage starts from the copy
             lines += [f"# stage {p.stage.name}: its published copy {p.published} is used; it was made by:",
+                      f"# {command}"]
+        elif k < shipped:
+            lines += [f"# stage {p.stage.name}: not needed, a later stage's published copy is used; it was made by:",
                       f"# {command}"]
         else:
             lines.append(command)
@@ -318,17 +330,24 @@ def run(recipe: Recipe, until: str | None = None) -> Path:
     if until is not None and until not in names:
         raise RecipeError(f"--until {until!r} is not a stage of {recipe.source}; its stages are {names}")
     record = Record.open(recipe.output_dir)
-    for p in stage_plans(recipe):
+    plans = stage_plans(recipe)
+    if until is not None:
+        plans = plans[:names.index(until) + 1]
+    shipped = last_published(plans)
+    for k, p in enumerate(plans):
         if p.published:
             log.info("stage %s: its published copy %s is used, not trained", p.stage.name, p.published)
+        elif k < shipped:
+            log.info("stage %s: not needed, stage %s's published copy is used", p.stage.name,
+                     plans[shipped].stage.name)
         elif final_checkpoint(recipe.stage_dir(p.stage), p.cfg.optim.steps) is None:
             _train_stage(recipe, record, p.stage, p.cfg, p.start)
         else:
             record.check_start(recipe, p.stage.name, weights_digest(p.start))
             log.info("stage %s: finished (%s), skipped", p.stage.name, p.result)
-        if p.stage.name == until:
-            return p.result
-    return p.result if recipe.finish is None else _finish(recipe, record, p.result)
+    if until is not None or recipe.finish is None:
+        return p.result
+    return _finish(recipe, record, p.result)
 
 
 def _interrupt(signum, frame):

@@ -224,6 +224,7 @@ def test_tiny_recipe_world_to_priors_to_sds_to_evaluation(tmp_path):
     scores = json.loads(bars.read_text())
     assert scores["r_precision"] == metrics["held_out"]["r_precision"] and scores["iou"] == metrics["held_out"]["iou"]
     assert scores["front_facing_objects"] == 6 and scores["met"] is False
+    assert scores["held_out"]["colour_error"] == metrics["held_out"]["colour_error"]  # the full report is kept
     from toyworld.report import feature_report, front_facing_prompts
     from instant3d.pipeline import Instant3DPipeline
     from training.clip_model import CLIPScorer
@@ -233,6 +234,8 @@ def test_tiny_recipe_world_to_priors_to_sds_to_evaluation(tmp_path):
     features = feature_report(Instant3DPipeline.from_pretrained(checkpoint), CLIPScorer.from_folder(clip_dir),
                               prompts=front)
     assert scores["front_feature"] == features["drawn"]["front feature"]
+    for key in ("drawn", "occupancy"):  # kinds absent from the two prompts score NaN in both
+        assert scores["features"][key] == pytest.approx(features[key], abs=0, nan_ok=True)
     assert scores["janus_rate"] == features["janus_rate"]
 
 

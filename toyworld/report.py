@@ -107,7 +107,8 @@ def bar_scores(pipe, clip: CLIPScorer, limit: int = 0, views: int = 4, size: int
     features = feature_report(pipe, clip, prompts=front[:limit] if limit else front)
     return {"iou": held["iou"], "colour_accuracy": held["colour_accuracy"], "r_precision": held["r_precision"],
             "front_feature": features["drawn"]["front feature"], "janus_rate": features["janus_rate"],
-            "held_out_prompts": held["prompts"], "front_facing_objects": features["objects"]}
+            "held_out_prompts": held["prompts"], "front_facing_objects": features["objects"],
+            "held_out": held, "features": features}  # the two reports in full, for the docs' tables
 
 
 def check_bars(scores: dict, bars=DEFAULT_BARS) -> list[tuple[str, float, str, bool]]:
@@ -200,7 +201,8 @@ def report(args) -> int:
         print_markdown(["bar", "score", "needed", "met"],  # 4 places: 0.9396 must not print as a met-looking 0.940
                        [[label, f"{value:.4f}", needed, "yes" if met else "NO"]
                         for label, value, needed, met in verdict])
-        print(f"\n{scores['held_out_prompts']} held-out prompts, {scores['front_facing_objects']} front-facing objects")
+        print(f"\n{scores['held_out_prompts']} held-out prompts, {scores['front_facing_objects']} front-facing objects\n")
+        print_feature_table([(args.checkpoint, scores["features"])])
         if args.output:
             bars = [{"bar": label, "score": value, "needed": needed, "met": met}
                     for label, value, needed, met in verdict]

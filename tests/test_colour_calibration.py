@@ -149,3 +149,33 @@ def test_points_in_line_with_a_part_are_in_front_of_it_and_behind_it_only():
     samples = colour_calibration.surface_samples(Instant3DPipeline.from_pretrained(SOURCE),
                                                  ["a white snowman with a carrot nose"], 1, 2000)
     assert 0 < int(samples.in_line.sum()) < len(samples.in_line)
+
+
+def test_a_published_calibrated_checkpoint_says_so_on_its_model_card(tmp_path):
+    """The calibration is a step after training: the model card names its command, and says EMA weights only when
+    the calibrated training checkpoint held them."""
+    import training.publish as publish
+
+    calibrated = tmp_path / "calibrated"
+    assert colour_calibration.main(["--checkpoint", SOURCE, "--out", str(calibrated), "--seeds", "1", "--points",
+                                    "30", "--steps", "5", "--limit", "2"]) == 0
+    config = json.loads((calibrated / "config.json").read_text())
+    assert config["colour_calibration"]["ema"] is False  # a published folder keeps no trainer state
+    assert publish.main([str(calibrated), str(tmp_path / "out"), "--text-encoder", "assets/priors/toy-clip"]) == 0
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "the trained weights" in card and "EMA weights" not in card
+    assert f"`python -m toyworld.colour_calibration --checkpoint {SOURCE} --out {calibrated}" in card
+
+    config["colour_calibration"]["ema"] = True  # as when it calibrated runs/<name>/checkpoints/step-N of an EMA run
+    (calibrated / "config.json").write_text(json.dumps(config))
+    assert publish.main([str(calibrated), str(tmp_path / "out"), "--text-encoder", "assets/priors/toy-clip"]) == 0
+    assert "EMA weights" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_kept_ema_reads_the_trainer_state_of_a_step_folder(tmp_path):
+    from training.trainer import STATE_JSON, kept_ema
+
+    assert not kept_ema(tmp_path)
+    for decay, want in [(0.995, True), (0.0, False)]:
+        (tmp_path / STATE_JSON).write_text(json.dumps({"config": {"optim": {"ema_decay": decay}}}))
+        assert kept_ema(tmp_path) is want

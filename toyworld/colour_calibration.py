@@ -37,6 +37,8 @@ from instant3d.pipeline import Instant3DPipeline
 from instant3d.render.color import linear_to_srgb
 from instant3d.vocabulary import TRAINING_PROMPTS_NAME
 
+from training.trainer import kept_ema
+
 from .metrics import PALETTE, colour_names, surface_points
 from .scenes import COLOURS, prompt_split, scene_for_prompt
 
@@ -189,7 +191,8 @@ def main(argv=None) -> int:
                                           balanced=args.balanced, in_line_weight=args.in_line_weight)
     write_albedo_head(model.field, weight, bias)
     command = " ".join(["python -m toyworld.colour_calibration", *(argv if argv is not None else sys.argv[1:])])
-    record = {"command": command, "from": source.name, "prompts": len(prompts), "seeds": args.seeds,
+    ema = kept_ema(source) or bool(meta.get("colour_calibration", {}).get("ema"))  # so the model card can say
+    record = {"command": command, "from": source.name, "ema": ema, "prompts": len(prompts), "seeds": args.seeds,
               "points": len(samples.truth), "steps": args.steps, "temperature": args.temperature,
               "balanced": args.balanced, "with_parts": args.with_parts,
               "in_line_weight": args.in_line_weight, "in_line_points": int(samples.in_line.sum()), **stats}

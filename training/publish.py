@@ -17,7 +17,6 @@ makes it what ``from_pretrained()`` loads.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -32,7 +31,7 @@ from instant3d.vocabulary import TRAINING_PROMPTS_NAME
 from instant3d.models.text_encoder import TextEncoder, TextEncoderError
 
 from .prompt_sets import load_prompt_set
-from .trainer import STATE_JSON
+from .trainer import kept_ema
 
 PROBE_PROMPTS = ["a red cube on top of a blue sphere", "a white snowman with a carrot nose", "zebra 42 ?!"]
 
@@ -60,6 +59,12 @@ def model_card(name: str, meta: dict, args, ema: bool) -> str:
         f"- published with: `python -m training.publish {args.checkpoint} {args.out} --text-encoder "
         f"{args.text_encoder}`",
     ]
+    calibration = meta.get("colour_calibration")
+    if calibration:  # the albedo head was refitted after training (toyworld.colour_calibration)
+        before, after = (calibration.get(k, {}).get("naming_accuracy", float("nan")) for k in ("before", "after"))
+        lines.insert(-1, f"- albedo head then refitted on the training prompts' true colours: "
+                         f"`{calibration['command']}` (naming accuracy on its fitting points "
+                         f"{before:.3f} -> {after:.3f})")
     if args.notes:
         lines += ["", args.notes]
     return "\n".join(lines) + "\n"
@@ -110,9 +115,7 @@ def publish(args) -> Path:
             f"{encoder} encodes prompts differently from {text_encoder_folder(source, meta)}, the text "
             "encoder this checkpoint trained with: publish it with that encoder (or a copy of it)"
         )
-    state = source / STATE_JSON
-    ema = state.is_file() and json.loads(state.read_text()).get("config", {}).get("optim", {}).get(
-        "ema_decay", 0) > 0
+    ema = kept_ema(source) or meta.get("colour_calibration", {}).get("ema", False)
     reference = os.path.relpath(encoder.resolve(), out.resolve())
     extra = {k: v for k, v in meta.items() if k not in ("_class_name", "_format_version", "model", "text_encoder")}
     extra["published_from"] = {"step_folder": source.name, "made_by": args.made_by, "wall_time": args.wall_time,

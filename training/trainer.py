@@ -56,6 +56,14 @@ STATE_JSON = "trainer_state.json"
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
+def kept_ema(step_folder: Path) -> bool:
+    """Does this training checkpoint's model.safetensors hold EMA weights? (Its run had ``optim.ema_decay`` > 0.)"""
+    state = Path(step_folder) / STATE_JSON
+    if not state.is_file():
+        return False
+    return json.loads(state.read_text()).get("config", {}).get("optim", {}).get("ema_decay", 0) > 0
+
+
 def block_mean(per_ray: torch.Tensor, batch: int, res: int, k: int) -> torch.Tensor:
     """Per-ray values (B, (res k)^2, ...) of a k x k supersampled render -> per-pixel means (B, res^2, ...): the
     field's colours (linear for our models) and opacities averaged as the toy world's exact renders average their

@@ -179,3 +179,6 @@ def test_kept_ema_reads_the_trainer_state_of_a_step_folder(tmp_path):
     for decay, want in [(0.995, True), (0.0, False)]:
         (tmp_path / STATE_JSON).write_text(json.dumps({"config": {"optim": {"ema_decay": decay}}}))
         assert kept_ema(tmp_path) is want
+    (tmp_path / STATE_JSON).unlink()
+    assert kept_ema(tmp_path, {"colour_calibration": {"ema": True}})  # calibrated from an EMA step folder
+    assert not kept_ema(tmp_path, {"colour_calibration": {"ema": False}})

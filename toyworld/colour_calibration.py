@@ -191,8 +191,8 @@ def main(argv=None) -> int:
                                           balanced=args.balanced, in_line_weight=args.in_line_weight)
     write_albedo_head(model.field, weight, bias)
     command = " ".join(["python -m toyworld.colour_calibration", *(argv if argv is not None else sys.argv[1:])])
-    ema = kept_ema(source) or bool(meta.get("colour_calibration", {}).get("ema"))  # so the model card can say
-    record = {"command": command, "from": source.name, "ema": ema, "prompts": len(prompts), "seeds": args.seeds,
+    record = {"command": command, "from": source.name, "ema": kept_ema(source, meta),  # for the model card
+              "prompts": len(prompts), "seeds": args.seeds,
               "points": len(samples.truth), "steps": args.steps, "temperature": args.temperature,
               "balanced": args.balanced, "with_parts": args.with_parts,
               "in_line_weight": args.in_line_weight, "in_line_points": int(samples.in_line.sum()), **stats}

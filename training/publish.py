@@ -115,7 +115,7 @@ def publish(args) -> Path:
             f"{encoder} encodes prompts differently from {text_encoder_folder(source, meta)}, the text "
             "encoder this checkpoint trained with: publish it with that encoder (or a copy of it)"
         )
-    ema = kept_ema(source) or meta.get("colour_calibration", {}).get("ema", False)
+    ema = kept_ema(source, meta)
     reference = os.path.relpath(encoder.resolve(), out.resolve())
     extra = {k: v for k, v in meta.items() if k not in ("_class_name", "_format_version", "model", "text_encoder")}
     extra["published_from"] = {"step_folder": source.name, "made_by": args.made_by, "wall_time": args.wall_time,

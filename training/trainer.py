@@ -56,9 +56,12 @@ STATE_JSON = "trainer_state.json"
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
-def kept_ema(step_folder: Path) -> bool:
-    """Does this training checkpoint's model.safetensors hold EMA weights? (Its run had ``optim.ema_decay`` > 0.)"""
-    state = Path(step_folder) / STATE_JSON
+def kept_ema(folder: Path, meta: dict | None = None) -> bool:
+    """Does this checkpoint's model.safetensors hold EMA weights? A training step folder does when its run had
+    ``optim.ema_decay`` > 0; a checkpoint made from one by the colour calibration says so in ``meta``."""
+    if (meta or {}).get("colour_calibration", {}).get("ema"):
+        return True
+    state = Path(folder) / STATE_JSON
     if not state.is_file():
         return False
     return json.loads(state.read_text()).get("config", {}).get("optim", {}).get("ema_decay", 0) > 0

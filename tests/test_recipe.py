@@ -2,13 +2,14 @@
 recorded, the finishing step (the colour calibration) run last, and recipes that cannot run refused by name."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from training.recipe import RecipeError, load_recipe, main, plan, run
+from training.recipe import RecipeError, load_recipe, main, plan, run, weights_digest
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "training" / "configs" / "smoke.toml"
@@ -178,6 +179,35 @@ def test_a_finished_stage_whose_start_was_retrained_is_not_skipped_silently(tmp_
     save_file(tensors, weights)
     with pytest.raises(RecipeError, match="delete .*out/b"):
         run(recipe)
+
+
+def test_deleting_what_the_refusal_names_makes_it_again_with_only_its_new_time(tmp_path):
+    """The refusal's advice works: a retrained start, then the finish (or a stage) deleted, is made again from the
+    new weights, and its record holds this run's time and start, not the old ones added in."""
+    path = _write(tmp_path, [("a", ["optim.steps=1"]), ("b", ["optim.steps=1"])],
+                  calibration=["--limit", "2", "--seeds", "1", "--points", "20", "--steps", "3"])
+    recipe = load_recipe(path)
+    out = tmp_path / "out"
+    run(recipe)
+    weights = out / "b" / "checkpoints" / "step-0000001" / "model.safetensors"
+    tensors = load_file(weights)
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 1.0
+    save_file(tensors, weights)
+    with pytest.raises(RecipeError, match="delete .*out/calibrated"):
+        run(recipe)
+    shutil.rmtree(out / "calibrated")
+    record = json.loads((out / "recipe.json").read_text())["stages"]
+    record["calibrated"]["seconds"] = 1e6  # an old run's time, which must not be added to the new one's
+    record["b"]["seconds"] = 1e6
+    (out / "recipe.json").write_text(json.dumps({"stages": record}))
+    run(recipe)
+    again = json.loads((out / "recipe.json").read_text())["stages"]
+    assert again["calibrated"]["seconds"] < 1e6
+    assert again["calibrated"]["started_from"] == weights_digest(weights.parent) != record["calibrated"]["started_from"]
+    shutil.rmtree(out / "b")
+    run(recipe, until="b")
+    assert json.loads((out / "recipe.json").read_text())["stages"]["b"]["seconds"] < 1e6
 
 
 def test_plan_prints_one_command_per_stage_chained_by_checkpoint(tmp_path):

@@ -221,6 +221,12 @@ class Record:
         with atomic_path(self.path) as tmp:
             tmp.write_text(json.dumps(self.data, indent=2) + "\n")
 
+    def forget(self, name: str) -> None:
+        """A stage (or finish) made again from nothing, its folder deleted: its old time no longer counts."""
+        if self.data["stages"].pop(name, None) is not None:
+            with atomic_path(self.path) as tmp:
+                tmp.write_text(json.dumps(self.data, indent=2) + "\n")
+
     def check_start(self, recipe: Recipe, name: str, start: str | None) -> None:
         """Refuse to skip a finished stage (or finish) that started from other weights than the ones there now."""
         recorded = self.data["stages"].get(name, {}).get("started_from")
@@ -292,6 +298,8 @@ def _train_stage(recipe: Recipe, record: Record, stage: Stage, cfg, init: Path |
     from .trainer import Trainer
 
     log.info("stage %s: training to step %d in %s", stage.name, cfg.optim.steps, recipe.stage_dir(stage))
+    if not any((recipe.stage_dir(stage) / "checkpoints").glob("step-*")):  # no resume: a deleted stage starts afresh
+        record.forget(stage.name)
     start, started_from = time.monotonic(), weights_digest(init)
     done = None
     try:
@@ -306,13 +314,14 @@ def _train_stage(recipe: Recipe, record: Record, stage: Stage, cfg, init: Path |
 
 def _finish(recipe: Recipe, record: Record, last: Path) -> Path:
     out, finish = recipe.finish_dir, recipe.finish
-    record.check_start(recipe, finish.name, weights_digest(last))
     if (out / CONFIG_NAME).is_file():
+        record.check_start(recipe, finish.name, weights_digest(last))
         log.info("%s: finished (%s), skipped", finish.name, out)
         return out
     entry = getattr(importlib.import_module(finish.module), "main", None)
     if not callable(entry):
         raise RecipeError(f"{recipe.source}: [finish] module {finish.module!r} has no main(argv) to run")
+    record.forget(finish.name)  # made anew (never resumed): only this run's time counts
     start = time.monotonic()
     code = entry(["--checkpoint", str(last), "--out", str(out), *finish.args])
     if code:

@@ -96,10 +96,13 @@ def head_albedo(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
 
 
 def calibration_loss(albedo: torch.Tensor, truth: torch.Tensor, temperature: float,
-                     balanced: bool = False, point_weight: torch.Tensor | None = None) -> torch.Tensor:
+                     balanced: bool = False, point_weight: torch.Tensor | None = None,
+                     cast_weight: float = 0.0) -> torch.Tensor:
     """Mean absolute sRGB error plus (``temperature`` > 0) the palette cross-entropy (module docstring);
     ``balanced``: each true colour's points weigh alike in the cross-entropy, so that the few points of a nose or
-    a door count as much as a body's; ``point_weight`` (N,): each point's weight in both means."""
+    a door count as much as a body's; ``point_weight`` (N,): each point's weight in both means; ``cast_weight``:
+    plus that times the largest of the true colours' mean signed sRGB errors (a cast), over colours and channels.
+    One head serves every colour, and fitting the others cost white its red: it went mint."""
     shown, wanted = linear_to_srgb(albedo), linear_to_srgb(truth)
     point_weight = torch.ones(len(truth)) if point_weight is None else point_weight
     loss = ((shown - wanted).abs().mean(dim=-1) * point_weight).sum() / point_weight.sum()
@@ -111,7 +114,19 @@ def calibration_loss(albedo: torch.Tensor, truth: torch.Tensor, temperature: flo
             weight = point_weight / counts[names]
         logits = -torch.cdist(shown, linear_to_srgb(PALETTE)).pow(2) / temperature
         loss = loss + (F.cross_entropy(logits, names, reduction="none") * weight).sum() / weight.sum()
+    if cast_weight > 0:
+        loss = loss + cast_weight * colour_casts(shown, wanted, colour_names(truth), point_weight).abs().max()
     return loss
+
+
+def colour_casts(shown: torch.Tensor, wanted: torch.Tensor, names: torch.Tensor,
+                 point_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """(colours present, 3): each true colour's weighted mean signed sRGB error, its cast (mint white: red < 0)."""
+    point_weight = torch.ones(len(names)) if point_weight is None else point_weight
+    counts = torch.bincount(names, weights=point_weight, minlength=len(PALETTE))
+    signed = torch.zeros(len(PALETTE), 3).index_add(0, names, (shown - wanted) * point_weight[:, None])
+    present = counts > 0
+    return signed[present] / counts[present, None]
 
 
 def naming_accuracy(albedo: torch.Tensor, truth: torch.Tensor) -> float:
@@ -119,7 +134,8 @@ def naming_accuracy(albedo: torch.Tensor, truth: torch.Tensor) -> float:
 
 
 def fit_albedo_head(field, samples: SurfaceSamples, steps: int, temperature: float, lr: float = 1e-3,
-                    balanced: bool = False, in_line_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                    balanced: bool = False, in_line_weight: float = 0.0,
+                    cast_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Full-batch Adam on the albedo rows (effective weight (3, H), bias (3,)) from their current values; returns
     them and the error and naming accuracy on the fitting points before and after. ``in_line_weight`` W: the points
     in line with a part along z weigh 1 + W (with ``--with-parts``, the part's own points too), so the fit keeps the
@@ -133,13 +149,15 @@ def fit_albedo_head(field, samples: SurfaceSamples, steps: int, temperature: flo
     def measure() -> dict:
         with torch.no_grad():
             albedo = head_albedo(samples.hidden, weight, bias, alpha)
-            error = (linear_to_srgb(albedo) - linear_to_srgb(samples.truth)).abs().mean()
-            return {"srgb_error": float(error), "naming_accuracy": naming_accuracy(albedo, samples.truth)}
+            shown, wanted = linear_to_srgb(albedo), linear_to_srgb(samples.truth)
+            casts = colour_casts(shown, wanted, colour_names(samples.truth))
+            return {"srgb_error": float((shown - wanted).abs().mean()),
+                    "naming_accuracy": naming_accuracy(albedo, samples.truth), "worst_cast": float(casts.abs().max())}
 
     stats = {"before": measure()}
     for _ in range(steps):
         loss = calibration_loss(head_albedo(samples.hidden, weight, bias, alpha), samples.truth, temperature,
-                                balanced, point_weight)
+                                balanced, point_weight, cast_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -173,6 +191,8 @@ def main(argv=None) -> int:
                         help="the points in line with a small part along z (the wall behind a door, the back of "
                              "a snowman's head; with --with-parts the part's own too) weigh 1 + W: the fit then "
                              "keeps the part's colour off the wall")
+    parser.add_argument("--cast-weight", type=float, default=0.0,
+                        help="weight of the worst colour cast (a true colour's mean signed sRGB error) in the loss")
     parser.add_argument("--limit", type=int, default=0, help="the first N training prompts only (tests)")
     args = parser.parse_args(argv)
     source, out = Path(args.checkpoint), Path(args.out)
@@ -188,14 +208,16 @@ def main(argv=None) -> int:
     prompts = train[: args.limit] if args.limit else train
     samples = surface_samples(pipe, prompts, args.seeds, args.points, with_parts=args.with_parts)
     weight, bias, stats = fit_albedo_head(model.field, samples, args.steps, args.temperature,
-                                          balanced=args.balanced, in_line_weight=args.in_line_weight)
+                                          balanced=args.balanced, in_line_weight=args.in_line_weight,
+                                          cast_weight=args.cast_weight)
     write_albedo_head(model.field, weight, bias)
     command = " ".join(["python -m toyworld.colour_calibration", *(argv if argv is not None else sys.argv[1:])])
     record = {"command": command, "from": source.name, "ema": kept_ema(source, meta),  # for the model card
               "prompts": len(prompts), "seeds": args.seeds,
               "points": len(samples.truth), "steps": args.steps, "temperature": args.temperature,
               "balanced": args.balanced, "with_parts": args.with_parts,
-              "in_line_weight": args.in_line_weight, "in_line_points": int(samples.in_line.sum()), **stats}
+              "in_line_weight": args.in_line_weight, "cast_weight": args.cast_weight,
+              "in_line_points": int(samples.in_line.sum()), **stats}
     extra = {k: v for k, v in meta.items() if k not in ("_class_name", "_format_version", "model", "text_encoder")}
     extra["colour_calibration"] = record
     files = {}

@@ -169,14 +169,19 @@ def test_the_stages_before_a_published_one_are_not_trained(tmp_path):
     assert (out / "a" / "checkpoints" / "step-0000002" / "model.safetensors").is_file()
 
 
-def test_a_finished_stage_whose_start_was_retrained_is_not_skipped_silently(tmp_path):
-    recipe = load_recipe(_write(tmp_path, [("a", ["optim.steps=1"]), ("b", ["optim.steps=1"])]))
-    run(recipe)
-    weights = tmp_path / "out" / "a" / "checkpoints" / "step-0000001" / "model.safetensors"
+def _retrain(checkpoint: Path) -> None:
+    """Stand-in for a stage trained again: its checkpoint's weights change (one tensor + 1)."""
+    weights = checkpoint / "model.safetensors"
     tensors = load_file(weights)
     name = next(iter(tensors))
     tensors[name] = tensors[name] + 1.0
     save_file(tensors, weights)
+
+
+def test_a_finished_stage_whose_start_was_retrained_is_not_skipped_silently(tmp_path):
+    recipe = load_recipe(_write(tmp_path, [("a", ["optim.steps=1"]), ("b", ["optim.steps=1"])]))
+    run(recipe)
+    _retrain(tmp_path / "out" / "a" / "checkpoints" / "step-0000001")
     with pytest.raises(RecipeError, match="delete .*out/b"):
         run(recipe)
 
@@ -190,10 +195,7 @@ def test_deleting_what_the_refusal_names_makes_it_again_with_only_its_new_time(t
     out = tmp_path / "out"
     run(recipe)
     weights = out / "b" / "checkpoints" / "step-0000001" / "model.safetensors"
-    tensors = load_file(weights)
-    name = next(iter(tensors))
-    tensors[name] = tensors[name] + 1.0
-    save_file(tensors, weights)
+    _retrain(weights.parent)
     with pytest.raises(RecipeError, match="delete .*out/calibrated"):
         run(recipe)
     shutil.rmtree(out / "calibrated")

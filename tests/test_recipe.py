@@ -194,8 +194,8 @@ def test_deleting_what_the_refusal_names_makes_it_again_with_only_its_new_time(t
     recipe = load_recipe(path)
     out = tmp_path / "out"
     run(recipe)
-    weights = out / "b" / "checkpoints" / "step-0000001" / "model.safetensors"
-    _retrain(weights.parent)
+    step_b = out / "b" / "checkpoints" / "step-0000001"
+    _retrain(step_b)
     with pytest.raises(RecipeError, match="delete .*out/calibrated"):
         run(recipe)
     shutil.rmtree(out / "calibrated")
@@ -206,7 +206,7 @@ def test_deleting_what_the_refusal_names_makes_it_again_with_only_its_new_time(t
     run(recipe)
     again = json.loads((out / "recipe.json").read_text())["stages"]
     assert again["calibrated"]["seconds"] < 1e6
-    assert again["calibrated"]["started_from"] == weights_digest(weights.parent) != record["calibrated"]["started_from"]
+    assert again["calibrated"]["started_from"] == weights_digest(step_b) != record["calibrated"]["started_from"]
     shutil.rmtree(out / "b")
     run(recipe, until="b")
     assert json.loads((out / "recipe.json").read_text())["stages"]["b"]["seconds"] < 1e6

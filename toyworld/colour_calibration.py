@@ -106,8 +106,8 @@ def calibration_loss(albedo: torch.Tensor, truth: torch.Tensor, temperature: flo
     shown, wanted = linear_to_srgb(albedo), linear_to_srgb(truth)
     point_weight = torch.ones(len(truth)) if point_weight is None else point_weight
     loss = ((shown - wanted).abs().mean(dim=-1) * point_weight).sum() / point_weight.sum()
+    names = colour_names(truth) if temperature > 0 or cast_weight > 0 else None
     if temperature > 0:
-        names = colour_names(truth)
         weight = point_weight
         if balanced:
             counts = torch.bincount(names, weights=point_weight, minlength=len(PALETTE))
@@ -115,7 +115,7 @@ def calibration_loss(albedo: torch.Tensor, truth: torch.Tensor, temperature: flo
         logits = -torch.cdist(shown, linear_to_srgb(PALETTE)).pow(2) / temperature
         loss = loss + (F.cross_entropy(logits, names, reduction="none") * weight).sum() / weight.sum()
     if cast_weight > 0:
-        loss = loss + cast_weight * colour_casts(shown, wanted, colour_names(truth), point_weight).abs().max()
+        loss = loss + cast_weight * colour_casts(shown, wanted, names, point_weight).abs().max()
     return loss
 
 

@@ -218,14 +218,16 @@ class Record:
         entry = self.data["stages"].setdefault(name, {"seconds": 0.0})
         entry["seconds"] = round(entry["seconds"] + seconds, 1)
         entry.update(facts)
-        with atomic_path(self.path) as tmp:
-            tmp.write_text(json.dumps(self.data, indent=2) + "\n")
+        self._save()
 
     def forget(self, name: str) -> None:
         """A stage (or finish) made again from nothing, its folder deleted: its old time no longer counts."""
         if self.data["stages"].pop(name, None) is not None:
-            with atomic_path(self.path) as tmp:
-                tmp.write_text(json.dumps(self.data, indent=2) + "\n")
+            self._save()
+
+    def _save(self) -> None:
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps(self.data, indent=2) + "\n")
 
     def check_start(self, recipe: Recipe, name: str, start: str | None) -> None:
         """Refuse to skip a finished stage (or finish) that started from other weights than the ones there now."""

@@ -117,6 +117,28 @@ def test_object_mask_keeps_the_object_and_drops_floaters_and_haze():
     assert not object_mask(np.zeros((8, 8, 8)), 1.0).any()
 
 
+def test_auto_threshold_keeps_a_thin_part_on_a_dense_body():
+    """A dense body (130 inside, as the bilinear default's are) with a rod 3 voxels across at density 24 sticking
+    out, as its noses do: the renderer draws the rod (seen across, 1 - exp(-24 * 3 voxels) = 0.78 opaque), so the
+    mesh level and the cleaned object must keep it. Rays through the body alone put the level above 24."""
+    import numpy as np
+
+    from instant3d.render.cleanup import auto_threshold, object_mask, rendered_surface_level
+
+    g = 96
+    voxel = 2 / g
+    z, y, x = np.meshgrid(*(np.arange(g),) * 3, indexing="ij")
+    body = ((x - 48) ** 2 + (y - 48) ** 2 + (z - 40) ** 2) <= 20**2
+    rod = ((x - 48) ** 2 + (y - 48) ** 2 <= 1.5**2) & (z > 40) & (z <= 72)  # 12 voxels beyond the body
+    density = np.where(body, 130.0, np.where(rod, 24.0, 0.0)).astype(np.float32)
+    assert 1 - np.exp(-24 * 3 * voxel) > 0.5
+    assert rendered_surface_level(density, voxel, 65.0) > 24  # the rule without the thin-part bound
+    level = auto_threshold(density, voxel)
+    assert level < 24
+    keep = object_mask(density, level)
+    assert keep[rod].all() and keep[body].all()
+
+
 def test_the_preview_shows_the_object_the_glb_holds(default_pipeline, tmp_path):
     """On the bundled default's objects: every vertex of the exported GLB lies in the cleaned preview's object, the
     cleaned bake has no density elsewhere, and the cleaned preview is within 30 dB of the full renderer drawing the

@@ -9,6 +9,8 @@ one's voxels, grown by a margin of two voxels so that the soft edge the renderer
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -16,6 +18,11 @@ from scipy import ndimage
 
 CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)  # 26-neighbours: a diagonal contact joins two pieces, as in a mesh
 EDGE_MARGIN = 2  # voxels kept around the solid: the soft edge
+# The thinnest part the mesh must keep, as a share of the box's width: 1/48, two voxels of the 96^3 preview grid
+# (the toy world's carrot noses are ~3 of these across at their base). The volume renderer draws such a part half
+# opaque, seen across, from density ln 2 / thickness; the toy world's quality report counts a voxel as occupied
+# from the same density.
+THIN_PART = 1 / 48
 
 
 def rendered_surface_level(density: np.ndarray, voxel: float, solid_level: float) -> float | None:
@@ -35,15 +42,23 @@ def rendered_surface_level(density: np.ndarray, voxel: float, solid_level: float
     return float(np.median(values)) if values.size else None
 
 
+def thin_part_level(box_width: float) -> float:
+    """The density from which a part THIN_PART of the box's width across is drawn half opaque, seen across it."""
+    return math.log(2.0) / (THIN_PART * box_width)
+
+
 def auto_threshold(density: np.ndarray, voxel: float) -> float:
-    """The surface the renderer shows: the lower of half the density the object's interior reaches (its 99.9th
-    percentile; the midpoint of a sharp edge) and the density where rays reach 50 % opacity (a soft edge, as
-    trained fields have, is drawn further out: on the default's cones and spheres at ~16 against ~35 for half the
-    interior, so a mesh at the half level held 55-75 % of the volume the views show). ``voxel``: the grid spacing
-    (world units)."""
+    """The surface the renderer shows: the lowest of half the density the object's interior reaches (its 99.9th
+    percentile; the midpoint of a sharp edge), the density where rays reach 50 % opacity (a soft edge, as
+    trained fields have, is drawn further out: on a nearest-upsampling default's cones and spheres at ~16 against
+    ~35 for half the interior, so a mesh at the half level held 55-75 % of the volume the views show), and
+    ``thin_part_level``: the median row meets a body, and a denser body (~130 inside) put that level at 30-55,
+    above its noses and beaks (~20-30), which the views draw but the mesh and the cleaned preview then dropped.
+    ``voxel``: the grid spacing (world units); the grid spans the box."""
     half = float(0.5 * np.percentile(density, 99.9))
     surface = rendered_surface_level(density, voxel, half)
-    return half if surface is None else min(half, surface)
+    level = half if surface is None else min(half, surface)
+    return min(level, thin_part_level(voxel * density.shape[0]))
 
 
 def object_mask(density: np.ndarray, level: float, keep_fraction: float = 0.05,

@@ -1,7 +1,7 @@
 """Which density level is a generator's surface? Print, per checkpoint, the geometry IoU against the exact scenes
 of {density >= level} on a 96^3 grid at several levels, and where the export's "auto" level lands (its median and
-range) and where it would land without its thin-part bound, over 30 objects at seed 0: every 15th held-out prompt and every 3rd front-facing one. The table in
-docs/toyworld.md, "Published as the default", came from it.
+range) and where it would land without its thin-part bound, over 30 objects at seed 0: every 15th held-out prompt
+and every 3rd front-facing one. The table in docs/toyworld.md, "Published as the default", came from it.
 
     python docs/measure_surface_levels.py [--checkpoints toyworld-supervised-details toyworld-supervised-bilinear]
 """
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from instant3d.pipeline import Instant3DPipeline
-from instant3d.render.cleanup import auto_threshold, rendered_surface_level
+from instant3d.render.cleanup import auto_threshold, body_surface_level
 from toyworld.metrics import voxel_centres
 from toyworld.report import front_facing_prompts
 from toyworld.scenes import prompt_split, scene_for_prompt
@@ -35,8 +35,7 @@ def level_ious(pipe, prompts: list[str]) -> tuple[dict[float, float], list[float
         density = out.density_grid(RESOLUTION).cpu().numpy()
         voxel = 2 * out.bound / RESOLUTION
         autos.append(auto_threshold(density, voxel))
-        half = float(0.5 * np.percentile(density, 99.9))
-        unbounded.append(min(half, rendered_surface_level(density, voxel, half) or half))
+        unbounded.append(body_surface_level(density, voxel))
         truth = scene_for_prompt(prompt).occupancy(voxel_centres(RESOLUTION, out.bound)).numpy().reshape(-1)
         for level in LEVELS:
             made = density.reshape(-1) >= level

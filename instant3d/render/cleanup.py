@@ -47,18 +47,22 @@ def thin_part_level(box_width: float) -> float:
     return math.log(2.0) / (THIN_PART * box_width)
 
 
-def auto_threshold(density: np.ndarray, voxel: float) -> float:
-    """The surface the renderer shows: the lowest of half the density the object's interior reaches (its 99.9th
-    percentile; the midpoint of a sharp edge), the density where rays reach 50 % opacity (a soft edge, as
+def body_surface_level(density: np.ndarray, voxel: float) -> float:
+    """Where the renderer shows a body's surface: the lower of half the density the object's interior reaches (its
+    99.9th percentile; the midpoint of a sharp edge) and the density where rays reach 50 % opacity (a soft edge, as
     trained fields have, is drawn further out: on a nearest-upsampling default's cones and spheres at ~16 against
-    ~35 for half the interior, so a mesh at the half level held 55-75 % of the volume the views show), and
-    ``thin_part_level``: the median row meets a body, and a denser body (~130 inside) put that level at 30-55,
-    above its noses and beaks (~20-30), which the views draw but the mesh and the cleaned preview then dropped.
-    ``voxel``: the grid spacing (world units); the grid spans the box."""
+    ~35 for half the interior, so a mesh at the half level held 55-75 % of the volume the views show).
+    ``voxel``: the grid spacing (world units)."""
     half = float(0.5 * np.percentile(density, 99.9))
     surface = rendered_surface_level(density, voxel, half)
-    level = half if surface is None else min(half, surface)
-    return min(level, thin_part_level(voxel * density.shape[0]))
+    return half if surface is None else min(half, surface)
+
+
+def auto_threshold(density: np.ndarray, voxel: float) -> float:
+    """The surface the renderer shows: ``body_surface_level``, but no higher than ``thin_part_level``. The median
+    row meets a body, and a denser body (~130 inside) put that level at 30-56, above its noses and beaks (~20-30),
+    which the views draw but the mesh and the cleaned preview then dropped. The grid spans the box."""
+    return min(body_surface_level(density, voxel), thin_part_level(voxel * density.shape[0]))
 
 
 def object_mask(density: np.ndarray, level: float, keep_fraction: float = 0.05,
